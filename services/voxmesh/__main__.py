@@ -1,0 +1,3 @@
+from voxmesh.cli import main
+
+main()

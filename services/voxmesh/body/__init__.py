@@ -1,0 +1,1 @@
+"""The body store: message bodies as ordered chunks, and the live tail for late readers."""

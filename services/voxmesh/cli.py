@@ -1,0 +1,133 @@
+"""The `voxmesh` command line: run the local stack, run one service, render configs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from voxmesh.core.settings import SERVICE_KINDS, ServiceKind, Settings, SettingsError, load_settings
+from voxmesh.stack.binaries import MissingBinary
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+gateway_app = typer.Typer(no_args_is_help=True, help="The Envoy gRPC-web gateway.")
+app.add_typer(gateway_app, name="gateway")
+
+_state: dict[str, Path | None] = {"config": None}
+
+
+@app.callback()
+def _options(
+    config: Annotated[
+        Path | None,
+        typer.Option(help="A settings file (TOML or JSON) layered over config/defaults.toml."),
+    ] = None,
+) -> None:
+    _state["config"] = config
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings(_state["config"])
+    except SettingsError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from exc
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(1)
+
+
+@app.command()
+def up() -> None:
+    """Start etcd, Redis, the Spanner and GCS emulators, every service and Envoy."""
+    from voxmesh.stack.local_stack import LocalStack, StackError
+
+    stack = LocalStack(_settings())
+    try:
+        statuses = stack.up()
+    except (StackError, MissingBinary) as exc:
+        raise _fail(str(exc)) from exc
+    _print_status(statuses)
+    typer.echo(f"run directory: {stack.paths.run_dir}  (stop with `voxmesh down`)")
+
+
+@app.command()
+def down() -> None:
+    """Stop everything `voxmesh up` started; nothing is left running."""
+    from voxmesh.stack.local_stack import LocalStack
+
+    stack = LocalStack(_settings())
+    try:
+        swept = stack.down()
+    except MissingBinary as exc:
+        raise _fail(str(exc)) from exc
+    if swept:
+        typer.echo(f"killed leftover process groups: {', '.join(swept)}")
+    typer.echo("stack stopped")
+
+
+@app.command()
+def status() -> None:
+    """Every component and service with its health. Exit status 1 if any is not healthy."""
+    from voxmesh.stack.local_stack import LocalStack
+
+    try:
+        statuses = LocalStack(_settings()).status()
+    except MissingBinary as exc:
+        raise _fail(str(exc)) from exc
+    _print_status(statuses)
+    if not all(s.healthy for s in statuses):
+        raise typer.Exit(1)
+
+
+def _print_status(statuses: list) -> None:  # type: ignore[type-arg]
+    typer.echo(f"{'component':<18}{'role':<9}{'state':<10}{'pid':>8}  {'ports':<28}health")
+    for s in statuses:
+        ports = " ".join(f"{label}={port}" for label, port in s.component.ports)
+        mark = "healthy" if s.healthy else f"NOT healthy ({s.probe.detail})"
+        typer.echo(
+            f"{s.component.name:<18}{s.component.role:<9}{s.state:<10}{s.pid or '-':>8}  "
+            f"{ports:<28}{mark}"
+        )
+
+
+@app.command()
+def serve(
+    kind: Annotated[str, typer.Argument(help="router | header | body | notification")],
+    port: Annotated[int | None, typer.Option(help="Override the configured gRPC port.")] = None,
+) -> None:
+    """Run one service in the foreground (what `voxmesh up` runs under supervision)."""
+    if kind not in SERVICE_KINDS:
+        raise _fail(f"unknown service {kind!r}: choose one of {', '.join(SERVICE_KINDS)}")
+    import uvloop
+
+    from voxmesh.core.structured_logging import configure_logging
+    from voxmesh.service_registry import build_runner
+
+    settings = _settings()
+    service_kind: ServiceKind = kind  # type: ignore[assignment]
+    configure_logging(settings.log, service_kind)
+    runner = build_runner(service_kind, settings, port=port)
+    uvloop.run(runner.serve_until_signalled())
+
+
+@gateway_app.command("render")
+def gateway_render(
+    out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+) -> None:
+    """Print the Envoy gRPC-web configuration generated from config/."""
+    from voxmesh.gateway.envoy_config import render_envoy_yaml
+
+    text = render_envoy_yaml(_settings())
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,214 @@
+"""Server interceptors shared by every service: request id + logs, metrics, error mapping.
+
+grpc.aio interceptors only see handlers, so each one here is an async context manager run
+around the handler's behaviour, for unary and streaming RPCs alike (see ``_wrap``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import grpc
+import prometheus_client
+import structlog
+
+from voxmesh.core import domain_errors as errors
+from voxmesh.core.structured_logging import get_logger, new_request_id
+
+REQUEST_ID_KEY = "x-request-id"
+
+_log = get_logger(__name__)
+
+_STATUS_BY_ERROR: tuple[tuple[type[errors.DomainError], grpc.StatusCode], ...] = (
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.NotBuiltYet, grpc.StatusCode.UNIMPLEMENTED),
+)
+
+
+def status_for(error: errors.DomainError) -> grpc.StatusCode:
+    for error_type, code in _STATUS_BY_ERROR:
+        if isinstance(error, error_type):
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+Around = Callable[[str, grpc.aio.ServicerContext[Any, Any]], AbstractAsyncContextManager[None]]
+
+
+def _wrap(handler: grpc.RpcMethodHandler, method: str, around: Around) -> grpc.RpcMethodHandler:
+    """Return a copy of ``handler`` whose behaviour runs inside ``around(method, context)``."""
+
+    def unary_response(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            async with around(method, context):
+                return await behavior(request, context)
+
+        return call
+
+    def stream_response(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            async with around(method, context):
+                result = behavior(request, context)
+                if inspect.isasyncgen(result):
+                    async for item in result:
+                        yield item
+                else:  # a coroutine that writes with context.write()
+                    await result
+
+        return call
+
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            unary_response(handler.unary_unary),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            stream_response(handler.unary_stream),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            unary_response(handler.stream_unary),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        stream_response(handler.stream_stream),
+        handler.request_deserializer,
+        handler.response_serializer,
+    )
+
+
+class _AroundInterceptor(grpc.aio.ServerInterceptor):
+    def around(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AbstractAsyncContextManager[None]:
+        raise NotImplementedError
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
+            return handler
+        return _wrap(handler, handler_call_details.method, self.around)
+
+
+def _metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
+    for item in context.invocation_metadata() or ():
+        if item.key == key:
+            value = item.value
+            return value.decode() if isinstance(value, bytes) else value
+    return None
+
+
+class RequestContextInterceptor(_AroundInterceptor):
+    """Binds a request id (the caller's ``x-request-id`` or a new one) to every log line."""
+
+    @asynccontextmanager
+    async def around(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[None]:
+        request_id = _metadata_value(context, REQUEST_ID_KEY) or new_request_id()
+        structlog.contextvars.bind_contextvars(request_id=request_id, rpc=method)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        try:
+            yield
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id", "rpc")
+
+
+RPC_STARTED = prometheus_client.Counter(
+    "voxmesh_rpc_started_total", "RPCs started.", ["service", "method"]
+)
+RPC_HANDLED = prometheus_client.Counter(
+    "voxmesh_rpc_handled_total", "RPCs finished, by status code.", ["service", "method", "code"]
+)
+RPC_SECONDS = prometheus_client.Histogram(
+    "voxmesh_rpc_handling_seconds",
+    "Time from an RPC's start to its end.",
+    ["service", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60, 600),
+)
+RPC_IN_FLIGHT = prometheus_client.Gauge(
+    "voxmesh_rpc_in_flight", "RPCs being handled now.", ["service"]
+)
+
+
+def _code_name(context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int):  # some grpc versions keep the raw integer
+        for status in grpc.StatusCode:
+            if status.value[0] == code:
+                return status.name
+    return "UNKNOWN" if failed else "OK"
+
+
+class MetricsInterceptor(_AroundInterceptor):
+    """Prometheus counters and latency histograms per method and status code."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    @asynccontextmanager
+    async def around(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[None]:
+        name = method.rsplit("/", 1)[-1]
+        RPC_STARTED.labels(self._service, name).inc()
+        in_flight = RPC_IN_FLIGHT.labels(self._service)
+        in_flight.inc()
+        started = time.perf_counter()
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            in_flight.dec()
+            RPC_SECONDS.labels(self._service, name).observe(time.perf_counter() - started)
+            RPC_HANDLED.labels(self._service, name, _code_name(context, failed)).inc()
+
+
+class ErrorMappingInterceptor(_AroundInterceptor):
+    """The one place where domain errors become gRPC statuses; anything else is INTERNAL."""
+
+    @asynccontextmanager
+    async def around(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[None]:
+        try:
+            yield
+        except errors.DomainError as exc:
+            code = status_for(exc)
+            _log.info("rpc refused", code=code.name, reason=str(exc))
+            await context.abort(code, str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            # Never leak internals or crash the server: log it whole, tell the client little.
+            _log.exception("rpc failed")
+            request_id = structlog.contextvars.get_contextvars().get("request_id", "-")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+            )

@@ -1,0 +1,154 @@
+"""One runner for every voxmesh service: a grpc.aio server with the shared machinery.
+
+Health checking, reflection, a Prometheus endpoint, the interceptors, bounded concurrency and
+graceful drain on SIGTERM: NOT_SERVING first, then stop accepting, let streams finish within
+the grace period, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import prometheus_client
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from voxmesh.core.rpc_interceptors import (
+    ErrorMappingInterceptor,
+    MetricsInterceptor,
+    RequestContextInterceptor,
+)
+from voxmesh.core.settings import ServiceKind, Settings
+from voxmesh.core.structured_logging import get_logger
+
+_log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A servicer and the generated function that adds it to a server."""
+
+    service_name: str  # full proto name, for health and reflection
+    servicer: object
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    public: bool = True  # reported by health under its own name
+
+
+DrainHook = Callable[[], Awaitable[None]]
+StartedHook = Callable[[str, str], None]  # (node id, "host:port") once the port is bound
+
+
+@dataclass
+class ServiceRunner:
+    kind: ServiceKind
+    settings: Settings
+    registrations: Sequence[Registration]
+    port: int | None = None  # None: the configured port; 0: any free port (tests)
+    metrics_port: int | None = None
+    drain_hooks: list[DrainHook] = field(default_factory=list)
+    started_hooks: list[StartedHook] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._metrics_server: Any = None
+        self._stopped = asyncio.Event()
+        self.bound_port = 0
+        self.bound_metrics_port = 0
+        self.address = ""
+        self.node_id = ""
+
+    @property
+    def service_names(self) -> list[str]:
+        return [r.service_name for r in self.registrations]
+
+    async def start(self) -> int:
+        service_settings = self.settings.service(self.kind)
+        limit = self.settings.limits.max_grpc_message_bytes
+        server = grpc.aio.server(
+            interceptors=[
+                RequestContextInterceptor(),
+                MetricsInterceptor(self.kind),
+                ErrorMappingInterceptor(),
+            ],
+            # Beyond this grpc answers RESOURCE_EXHAUSTED instead of queueing: bounded work.
+            maximum_concurrent_rpcs=service_settings.max_concurrent_rpcs,
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ],
+        )
+        for registration in self.registrations:
+            registration.add_to_server(registration.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        port = service_settings.port if self.port is None else self.port
+        address = f"{self.settings.host}:{port}"
+        self.bound_port = server.add_insecure_port(address)
+        if self.bound_port == 0:
+            raise OSError(f"cannot bind {address}: the port is in use or the host is wrong")
+        metrics_port = service_settings.metrics_port if self.metrics_port is None else self.metrics_port
+        self._metrics_server, _ = prometheus_client.start_http_server(
+            metrics_port, addr=self.settings.host
+        )
+        self.bound_metrics_port = self._metrics_server.server_port
+        self.address = f"{self.settings.host}:{self.bound_port}"
+        self.node_id = f"{self.kind}-{self.settings.host}-{self.bound_port}"
+        for hook in self.started_hooks:
+            hook(self.node_id, self.address)
+        await server.start()
+        self._server = server
+        for name in ["", *self.service_names]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        _log.info(
+            "serving",
+            kind=self.kind,
+            port=self.bound_port,
+            metrics_port=self.bound_metrics_port,
+            services=self.service_names,
+        )
+        return self.bound_port
+
+    async def drain(self, grace_s: float | None = None) -> None:
+        """Leave rings (hooks), report NOT_SERVING, stop accepting, finish streams, close."""
+        if self._server is None or self._stopped.is_set():
+            return
+        grace = self.settings.service(self.kind).drain_grace_s if grace_s is None else grace_s
+        _log.info("draining", grace_s=grace)
+        for hook in self.drain_hooks:
+            await hook()
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        self._stopped.set()
+        _log.info("stopped")
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def serve_until_signalled(self) -> None:
+        """Start, then drain on the first SIGTERM or SIGINT."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        drain_task: list[asyncio.Task[None]] = []
+
+        def on_signal(signum: int) -> None:
+            _log.info("signal", signal=signal.Signals(signum).name)
+            if not drain_task:
+                drain_task.append(loop.create_task(self.drain()))
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        await self.wait_stopped()

@@ -1,0 +1,199 @@
+"""Settings: frozen dataclasses, built once at start-up from layered TOML and the environment.
+
+``config/defaults.toml`` is the single source of defaults (the dataclasses carry none, so a
+setting cannot silently differ between code and file). Validation and coercion of file and
+environment values is pydantic's, applied to plain stdlib dataclasses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+
+ENV_PREFIX = "VOXMESH__"
+CONFIG_DIR_ENV = "VOXMESH_CONFIG_DIR"
+
+ServiceKind = Literal["router", "header", "body", "notification"]
+SERVICE_KINDS: tuple[ServiceKind, ...] = ("router", "header", "body", "notification")
+
+_STRICT = pydantic.ConfigDict(extra="forbid")
+
+Port = Annotated[int, pydantic.Field(ge=0, le=65535)]
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class EtcdSettings:
+    client_port: Port
+    peer_port: int
+    prefix: str
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class RedisSettings:
+    port: Port
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class SpannerSettings:
+    emulator_port: Port
+    project: str
+    instance: str
+    database: Annotated[str, pydantic.Field(min_length=2, max_length=30)]
+    emulator_binary: str
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class GcsSettings:
+    port: Port
+    project: str
+    bucket: str
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class EnvoySettings:
+    port: Port
+    admin_port: int
+    cors_allow_origin_regex: tuple[str, ...]
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class SupervisorSettings:
+    ready_timeout_s: Annotated[float, pydantic.Field(gt=0)]
+    stop_timeout_s: Annotated[float, pydantic.Field(gt=0)]
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class LogSettings:
+    level: Literal["debug", "info", "warning", "error"]
+    json: bool
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class ServiceSettings:
+    port: Port
+    metrics_port: Annotated[int, pydantic.Field(ge=0, le=65535)]
+    max_concurrent_rpcs: Annotated[int, pydantic.Field(gt=0)]
+    drain_grace_s: Annotated[float, pydantic.Field(ge=0)]
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class LimitSettings:
+    max_chunk_bytes: Annotated[int, pydantic.Field(gt=0)]
+    max_message_bytes: Annotated[int, pydantic.Field(gt=0)]
+    max_text_bytes: Annotated[int, pydantic.Field(gt=0)]
+    max_members_per_thread: Annotated[int, pydantic.Field(ge=2)]
+    max_grpc_message_bytes: Annotated[int, pydantic.Field(gt=0)]
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class Settings:
+    environment: str
+    host: str
+    zone: str
+    run_dir: Path
+    etcd: EtcdSettings
+    redis: RedisSettings
+    spanner: SpannerSettings
+    gcs: GcsSettings
+    envoy: EnvoySettings
+    supervisor: SupervisorSettings
+    log: LogSettings
+    router: ServiceSettings
+    header: ServiceSettings
+    body: ServiceSettings
+    notification: ServiceSettings
+    limits: LimitSettings
+
+    def service(self, kind: ServiceKind) -> ServiceSettings:
+        value: ServiceSettings = getattr(self, kind)
+        return value
+
+
+class SettingsError(ValueError):
+    """The configuration cannot be loaded; the message says which file or key is wrong."""
+
+
+def config_dir() -> Path:
+    """``$VOXMESH_CONFIG_DIR``, else ``config/`` of the source tree this package sits in."""
+    explicit = os.environ.get(CONFIG_DIR_ENV)
+    if explicit:
+        return Path(explicit)
+    return Path(__file__).resolve().parents[3] / "config"
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """Read a settings layer: TOML, or JSON (what `voxmesh up` hands its services)."""
+    try:
+        with path.open("rb") as fh:
+            data: dict[str, Any] = json.load(fh) if path.suffix == ".json" else tomllib.load(fh)
+            return data
+    except FileNotFoundError as exc:
+        raise SettingsError(f"config file not found: {path}") from exc
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise SettingsError(f"{path}: {exc}") from exc
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        value: Any = raw
+        if raw.startswith("["):  # lists come as JSON: VOXMESH__ENVOY__CORS_ALLOW_ORIGIN_REGEX='["..."]'
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise SettingsError(f"{name}: not a JSON list: {exc}") from exc
+        node = layer
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return layer
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the one Settings object of a process. ``overrides`` win over everything (tests)."""
+    environ = os.environ if environ is None else environ
+    directory = config_dir()
+    data = _read_toml(directory / "defaults.toml")
+    env_layer = _env_layer(environ)
+    environment = str(env_layer.get("environment", data.get("environment", "local")))
+    per_env = directory / f"{environment}.toml"
+    if per_env.exists():
+        data = _merge(data, _read_toml(per_env))
+    if config_file is not None:
+        data = _merge(data, _read_toml(config_file))
+    data = _merge(data, env_layer)
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        settings = pydantic.TypeAdapter(Settings).validate_python(data)
+    except pydantic.ValidationError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from exc
+    if not settings.run_dir.is_absolute():
+        # A relative run dir is relative to the project root, not to wherever a command runs.
+        settings = pydantic.TypeAdapter(Settings).validate_python(
+            _merge(data, {"run_dir": str(directory.parent / settings.run_dir)})
+        )
+    return settings

@@ -1,0 +1,152 @@
+"""The Envoy gRPC-web gateway's configuration, generated from voxmesh settings.
+
+Browsers speak gRPC-web over HTTP/1.1 or HTTP/2; Envoy translates to gRPC (HTTP/2) for the
+routers. Filter order matters: grpc_web, then cors, then router. Long-lived streams (the
+updates stream) need the route timeout disabled, or Envoy cuts them after 15 s.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from voxmesh.core.settings import Settings
+
+ROUTER_SERVICE = "voxmesh.router.v1.RouterService"
+_TYPES = "type.googleapis.com/envoy.extensions"
+
+ALLOW_HEADERS = (
+    "content-type,x-grpc-web,x-user-agent,grpc-timeout,authorization,x-request-id"
+)
+EXPOSE_HEADERS = "grpc-status,grpc-message,grpc-status-details-bin,x-request-id"
+
+
+def render_envoy_config(
+    settings: Settings, routers: Sequence[tuple[str, int]] | None = None
+) -> dict[str, Any]:
+    """Envoy bootstrap as a dict (JSON is YAML, so ``json.dumps`` of it is a valid envoy.yaml)."""
+    if routers is None:
+        routers = [(settings.host, settings.router.port)]
+    host = settings.host
+    cors_policy = {
+        "@type": f"{_TYPES}.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [
+            {"safe_regex": {"regex": pattern}} for pattern in settings.envoy.cors_allow_origin_regex
+        ],
+        "allow_methods": "POST, GET, OPTIONS",
+        "allow_headers": ALLOW_HEADERS,
+        "expose_headers": EXPOSE_HEADERS,
+        "max_age": "1728000",
+    }
+    route = {
+        "match": {"prefix": f"/{ROUTER_SERVICE}/"},
+        "route": {
+            "cluster": "routers",
+            # Streams live as long as the client wants: no route timeout, no grpc-timeout cap.
+            "timeout": "0s",
+            "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+        },
+    }
+    http_connection_manager = {
+        "@type": f"{_TYPES}.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "grpc_web",
+        "codec_type": "AUTO",
+        "stream_idle_timeout": "0s",
+        "route_config": {
+            "name": "voxmesh",
+            "virtual_hosts": [
+                {
+                    "name": "voxmesh",
+                    "domains": ["*"],
+                    "routes": [route],
+                    "typed_per_filter_config": {"envoy.filters.http.cors": cors_policy},
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.grpc_web",
+                "typed_config": {"@type": f"{_TYPES}.filters.http.grpc_web.v3.GrpcWeb"},
+            },
+            {
+                "name": "envoy.filters.http.cors",
+                "typed_config": {"@type": f"{_TYPES}.filters.http.cors.v3.Cors"},
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": f"{_TYPES}.filters.http.router.v3.Router"},
+            },
+        ],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": host, "port_value": settings.envoy.admin_port}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "grpc_web",
+                    "address": {"socket_address": {"address": host, "port_value": settings.envoy.port}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": http_connection_manager,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "routers",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "lb_policy": "ROUND_ROBIN",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": f"{_TYPES}.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {"http2_protocol_options": {}},
+                        }
+                    },
+                    "health_checks": [
+                        {
+                            "timeout": "1s",
+                            "interval": "2s",
+                            "unhealthy_threshold": 2,
+                            "healthy_threshold": 1,
+                            "grpc_health_check": {"service_name": ROUTER_SERVICE},
+                        }
+                    ],
+                    # With every router unhealthy Envoy still tries them (panic mode) rather
+                    # than failing all calls; that is the right choice for a small ring.
+                    "load_assignment": {
+                        "cluster_name": "routers",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": router_host,
+                                                    "port_value": router_port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                    for router_host, router_port in routers
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+    }
+
+
+def render_envoy_yaml(settings: Settings, routers: Sequence[tuple[str, int]] | None = None) -> str:
+    header = "# Generated by `voxmesh gateway render` from config/: do not edit by hand.\n"
+    return header + json.dumps(render_envoy_config(settings, routers), indent=2) + "\n"

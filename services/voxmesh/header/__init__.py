@@ -1,0 +1,1 @@
+"""The header store: threads, members, message headers, timelines, marks, likes."""

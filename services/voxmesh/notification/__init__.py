@@ -1,0 +1,1 @@
+"""The notification sender: push registrations, pushes to offline users, unread counts."""

@@ -1,0 +1,1 @@
+"""The router (Voxer's node router): device connections, relay, updates streams."""

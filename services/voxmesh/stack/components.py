@@ -1,0 +1,215 @@
+"""The local stack as data: every server and service, how it starts and how to probe it."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from voxmesh.core.settings import SERVICE_KINDS, Settings
+from voxmesh.stack import binaries, readiness
+from voxmesh.stack.readiness import ProbeResult
+
+Role = Literal["server", "service", "gateway"]
+
+# Start order, and reverse stop order: servers, then services, then the gateway.
+PRIORITY: dict[Role, int] = {"server": 100, "service": 200, "gateway": 300}
+
+SERVICE_PROTO_NAMES = {
+    "router": "voxmesh.router.v1.RouterService",
+    "header": "voxmesh.header.v1.HeaderService",
+    "body": "voxmesh.body.v1.BodyService",
+    "notification": "voxmesh.notification.v1.NotificationService",
+}
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    role: Role
+    command: tuple[str, ...]
+    ports: tuple[tuple[str, int], ...]
+    probe: Callable[[], ProbeResult]
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def priority(self) -> int:
+        return PRIORITY[self.role]
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    run_dir: Path
+
+    @property
+    def logs(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def data(self) -> Path:
+        return self.run_dir / "data"
+
+    @property
+    def settings_file(self) -> Path:
+        return self.run_dir / "settings.json"
+
+    @property
+    def envoy_config(self) -> Path:
+        return self.run_dir / "envoy.yaml"
+
+    @property
+    def supervisor_config(self) -> Path:
+        return self.run_dir / "supervisord.conf"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.run_dir / "supervisor.sock"
+
+    @property
+    def supervisor_pid(self) -> Path:
+        return self.run_dir / "supervisord.pid"
+
+    @property
+    def pids(self) -> Path:
+        return self.run_dir / "pids.json"
+
+
+def emulator_env(settings: Settings) -> dict[str, str]:
+    """What the Google client libraries need to talk to the local emulators."""
+    host = settings.host
+    return {
+        "SPANNER_EMULATOR_HOST": f"{host}:{settings.spanner.emulator_port}",
+        "STORAGE_EMULATOR_HOST": f"http://{host}:{settings.gcs.port}",
+        # The emulator fails concurrent transactions on multiplexed sessions.
+        "GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS": "false",
+        "GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS_FOR_RW": "false",
+        "GOOGLE_CLOUD_SPANNER_MULTIPLEXED_SESSIONS_PARTITIONED_OPS": "false",
+    }
+
+
+def plan_stack(settings: Settings, paths: StackPaths) -> list[Component]:
+    """Every component of the local stack. Raises MissingBinary naming the fix."""
+    host = settings.host
+    etcd, redis, spanner, gcs, envoy = (
+        settings.etcd,
+        settings.redis,
+        settings.spanner,
+        settings.gcs,
+        settings.envoy,
+    )
+    components = [
+        Component(
+            name="etcd",
+            role="server",
+            command=(
+                str(binaries.etcd()),
+                "--name=voxmesh",
+                f"--data-dir={paths.data / 'etcd'}",
+                f"--listen-client-urls=http://{host}:{etcd.client_port}",
+                f"--advertise-client-urls=http://{host}:{etcd.client_port}",
+                f"--listen-peer-urls=http://{host}:{etcd.peer_port}",
+                f"--initial-advertise-peer-urls=http://{host}:{etcd.peer_port}",
+                f"--initial-cluster=voxmesh=http://{host}:{etcd.peer_port}",
+                "--log-level=warn",
+            ),
+            ports=(("client", etcd.client_port), ("peer", etcd.peer_port)),
+            probe=lambda: readiness.http_get(
+                f"http://{host}:{etcd.client_port}/health", expect_body='"health":"true"'
+            ),
+        ),
+        Component(
+            name="redis",
+            role="server",
+            command=(
+                str(binaries.redis_server()),
+                "--bind",
+                host,
+                "--port",
+                str(redis.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ),
+            ports=(("redis", redis.port),),
+            probe=lambda: readiness.redis_ping(host, redis.port),
+        ),
+        Component(
+            name="spanner-emulator",
+            role="server",
+            command=(
+                str(binaries.spanner_emulator(spanner.emulator_binary)),
+                "--host_port",
+                f"{host}:{spanner.emulator_port}",
+            ),
+            ports=(("grpc", spanner.emulator_port),),
+            probe=lambda: readiness.grpc_connects(host, spanner.emulator_port),
+        ),
+        Component(
+            name="gcs-emulator",
+            role="server",
+            command=(
+                str(binaries.fake_gcs_server()),
+                "-scheme",
+                "http",
+                "-host",
+                host,
+                "-port",
+                str(gcs.port),
+                "-backend",
+                "memory",
+                "-external-url",
+                f"http://{host}:{gcs.port}",
+                "-log-level",
+                "warn",
+            ),
+            ports=(("http", gcs.port),),
+            probe=lambda: readiness.http_get(f"http://{host}:{gcs.port}/storage/v1/b"),
+        ),
+    ]
+    for kind in SERVICE_KINDS:
+        service = settings.service(kind)
+        components.append(
+            Component(
+                name=kind,
+                role="service",
+                command=(
+                    sys.executable,
+                    "-m",
+                    "voxmesh",
+                    "--config",
+                    str(paths.settings_file),
+                    "serve",
+                    kind,
+                ),
+                ports=(("grpc", service.port), ("metrics", service.metrics_port)),
+                probe=lambda port=service.port, name=SERVICE_PROTO_NAMES[kind]: (
+                    readiness.grpc_health(host, port, name)
+                ),
+                env={**emulator_env(settings), "PYTHONUNBUFFERED": "1"},
+            )
+        )
+    components.append(
+        Component(
+            name="envoy",
+            role="gateway",
+            command=(
+                str(binaries.envoy()),
+                "-c",
+                str(paths.envoy_config),
+                # No shared memory: several Envoys (other stacks, tests) can share a machine.
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warn",
+            ),
+            ports=(("grpc-web", envoy.port), ("admin", envoy.admin_port)),
+            probe=lambda: readiness.http_get(
+                f"http://{host}:{envoy.admin_port}/ready", expect_body="LIVE"
+            ),
+        )
+    )
+    return components

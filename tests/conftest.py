@@ -1,0 +1,41 @@
+"""Session fixtures: the real local stack (etcd, Redis, Spanner emulator, fake-gcs-server,
+the four services and Envoy) on free loopback ports, started and stopped by LocalStack."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from voxmesh.core.settings import Settings, load_settings
+from voxmesh.stack import binaries
+from voxmesh.stack.local_stack import LocalStack
+from tests.ports import stack_overrides
+
+
+def require_spanner_emulator() -> None:
+    """In CI the emulator tests must run: a missing emulator fails there, and skips elsewhere."""
+    try:
+        binaries.spanner_emulator(os.environ.get("VOXMESH__SPANNER__EMULATOR_BINARY", ""))
+    except binaries.MissingBinary as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI requires the Spanner emulator: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    run_dir = tmp_path_factory.mktemp("stack")
+    return load_settings(overrides=stack_overrides(str(run_dir)))
+
+
+@pytest.fixture(scope="session")
+def local_stack(stack_settings: Settings) -> Iterator[LocalStack]:
+    require_spanner_emulator()
+    stack = LocalStack(stack_settings)
+    stack.up()
+    try:
+        yield stack
+    finally:
+        stack.down()

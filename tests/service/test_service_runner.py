@@ -1,0 +1,208 @@
+"""Each service on a real grpc.aio server (port 0, in this process), over a real channel."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from voxmesh.core.domain_errors import InvalidArgument
+from voxmesh.core.service_runner import Registration, ServiceRunner
+from voxmesh.core.settings import SERVICE_KINDS, ServiceKind, Settings, load_settings
+from voxmesh.router.v1 import router_service_pb2 as router_pb
+from voxmesh.router.v1 import router_service_pb2_grpc as router_grpc
+from voxmesh.service_registry import build_runner
+from voxmesh.stack.components import SERVICE_PROTO_NAMES
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    return load_settings(environ={})
+
+
+async def _start(kind: ServiceKind, settings: Settings) -> ServiceRunner:
+    runner = build_runner(kind, settings, port=0, metrics_port=0)
+    await runner.start()
+    return runner
+
+
+@pytest.fixture
+async def router(settings: Settings) -> AsyncIterator[ServiceRunner]:
+    runner = await _start("router", settings)
+    yield runner
+    await runner.drain(grace_s=0)
+
+
+@pytest.mark.parametrize("kind", SERVICE_KINDS)
+async def test_each_service_answers_health_and_reflection(kind: ServiceKind, settings: Settings) -> None:
+    runner = await _start(kind, settings)
+    try:
+        async with grpc.aio.insecure_channel(runner.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", SERVICE_PROTO_NAMES[kind]):
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                await health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+            assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+            reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+            call = reflect.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            listed = {s.name async for r in call for s in r.list_services_response.service}
+            assert SERVICE_PROTO_NAMES[kind] in listed
+            assert "grpc.health.v1.Health" in listed
+    finally:
+        await runner.drain(grace_s=0)
+
+
+async def test_unbuilt_rpc_answers_unimplemented_with_a_message(router: ServiceRunner) -> None:
+    async with grpc.aio.insecure_channel(router.address) as channel:
+        stub = router_grpc.RouterServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as unary:
+            await stub.GetThread(router_pb.GetThreadRequest())
+        assert unary.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "RouterService/GetThread is not built yet" in (unary.value.details() or "")
+
+        with pytest.raises(grpc.aio.AioRpcError) as streaming:
+            async for _ in stub.Updates(router_pb.UpdatesRequest()):
+                pass
+        assert streaming.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "RouterService/Updates is not built yet" in (streaming.value.details() or "")
+
+
+async def test_discover_validates_and_answers_this_router(router: ServiceRunner) -> None:
+    async with grpc.aio.insecure_channel(router.address) as channel:
+        stub = router_grpc.RouterServiceStub(channel)
+        reply = await stub.Discover(router_pb.DiscoverRequest(user_id="alice"))
+        assert [(r.node_id, r.address) for r in reply.routers] == [(router.node_id, router.address)]
+        for bad in ("", "a b", "x" * 200, "../etc"):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Discover(router_pb.DiscoverRequest(user_id=bad))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "user_id" in (refused.value.details() or "")
+
+
+async def test_request_id_is_echoed_and_metrics_count_status_codes(router: ServiceRunner) -> None:
+    async with grpc.aio.insecure_channel(router.address) as channel:
+        stub = router_grpc.RouterServiceStub(channel)
+        call = stub.Discover(
+            router_pb.DiscoverRequest(user_id="bob"), metadata=(("x-request-id", "req-123"),)
+        )
+        await call
+        trailers = await call.trailing_metadata()
+        assert ("x-request-id", "req-123") in [(k, v) for k, v in trailers or ()]
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Discover(router_pb.DiscoverRequest(user_id=""))
+    url = f"http://127.0.0.1:{router.bound_metrics_port}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    assert 'voxmesh_rpc_handled_total{code="OK",method="Discover",service="router"}' in text
+    assert (
+        'voxmesh_rpc_handled_total{code="INVALID_ARGUMENT",method="Discover",service="router"}'
+        in text
+    )
+
+
+class _Exploding(router_grpc.RouterServiceServicer):
+    async def Discover(self, request: Any, context: Any) -> Any:
+        if request.user_id == "domain":
+            raise InvalidArgument("domain says no")
+        raise RuntimeError("secret internal detail")
+
+
+async def test_unexpected_errors_become_internal_without_leaking(settings: Settings) -> None:
+    runner = ServiceRunner(
+        "router",
+        settings,
+        [Registration("voxmesh.router.v1.RouterService", _Exploding(), router_grpc.add_RouterServiceServicer_to_server)],
+        port=0,
+        metrics_port=0,
+    )
+    await runner.start()
+    try:
+        async with grpc.aio.insecure_channel(runner.address) as channel:
+            stub = router_grpc.RouterServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as internal:
+                await stub.Discover(
+                    router_pb.DiscoverRequest(user_id="x"), metadata=(("x-request-id", "r-9"),)
+                )
+            assert internal.value.code() == grpc.StatusCode.INTERNAL
+            assert internal.value.details() == "internal error (request id r-9)"
+            with pytest.raises(grpc.aio.AioRpcError) as domain:
+                await stub.Discover(router_pb.DiscoverRequest(user_id="domain"))
+            assert domain.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert domain.value.details() == "domain says no"
+            # The server survived both.
+            with pytest.raises(grpc.aio.AioRpcError) as again:
+                await stub.Discover(router_pb.DiscoverRequest(user_id="y"))
+            assert again.value.code() == grpc.StatusCode.INTERNAL
+    finally:
+        await runner.drain(grace_s=0)
+
+
+class _SlowRouter(router_grpc.RouterServiceServicer):
+    """Holds Discover open until released, to watch a drain finish a call in flight."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def Discover(self, request: Any, context: Any) -> Any:
+        self.entered.set()
+        await self.release.wait()
+        return router_pb.DiscoverResponse(routers=[router_pb.RouterNode(node_id="slow")])
+
+
+async def test_drain_reports_not_serving_refuses_new_calls_and_finishes_in_flight(
+    settings: Settings,
+) -> None:
+    slow = _SlowRouter()
+    left_ring: list[bool] = []
+
+    async def leave_ring() -> None:
+        left_ring.append(True)
+
+    runner = ServiceRunner(
+        "router",
+        settings,
+        [Registration("voxmesh.router.v1.RouterService", slow, router_grpc.add_RouterServiceServicer_to_server)],
+        port=0,
+        metrics_port=0,
+        drain_hooks=[leave_ring],
+    )
+    await runner.start()
+    async with grpc.aio.insecure_channel(runner.address) as channel:
+        stub = router_grpc.RouterServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service="voxmesh.router.v1.RouterService"))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        in_flight = asyncio.ensure_future(stub.Discover(router_pb.DiscoverRequest(user_id="a")))
+        await asyncio.wait_for(slow.entered.wait(), 5)
+
+        drain = asyncio.ensure_future(runner.drain(grace_s=10))
+        assert (await asyncio.wait_for(watch.read(), 5)).status == (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        assert left_ring == [True]  # hooks run before the server stops accepting
+        watch.cancel()  # an open stream is in flight too: the drain would wait for it
+        await asyncio.sleep(0.2)
+        assert not drain.done()  # still waiting for the call in flight
+
+        slow.release.set()
+        reply = await asyncio.wait_for(in_flight, 5)
+        assert reply.routers[0].node_id == "slow"
+        await asyncio.wait_for(drain, 5)
+
+    async with grpc.aio.insecure_channel(runner.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await router_grpc.RouterServiceStub(channel).Discover(
+                router_pb.DiscoverRequest(user_id="a"), timeout=2
+            )
+        assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
