@@ -7,10 +7,10 @@ import os
 from collections.abc import Iterator
 
 import pytest
-
 from voxmesh.core.settings import Settings, load_settings
 from voxmesh.stack import binaries
 from voxmesh.stack.local_stack import LocalStack
+
 from tests.ports import stack_overrides
 
 

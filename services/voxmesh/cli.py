@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from voxmesh.core.settings import SERVICE_KINDS, ServiceKind, Settings, SettingsError, load_settings
+from voxmesh.core.settings import SERVICE_KINDS, Settings, SettingsError, load_settings
 from voxmesh.stack.binaries import MissingBinary
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -109,9 +109,8 @@ def serve(
     from voxmesh.service_registry import build_runner
 
     settings = _settings()
-    service_kind: ServiceKind = kind  # type: ignore[assignment]
-    configure_logging(settings.log, service_kind)
-    runner = build_runner(service_kind, settings, port=port)
+    configure_logging(settings.log, kind)
+    runner = build_runner(kind, settings, port=port)
     uvloop.run(runner.serve_until_signalled())
 
 

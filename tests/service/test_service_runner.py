@@ -11,7 +11,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from voxmesh.core.domain_errors import InvalidArgument
 from voxmesh.core.service_runner import Registration, ServiceRunner
 from voxmesh.core.settings import SERVICE_KINDS, ServiceKind, Settings, load_settings
@@ -40,7 +39,9 @@ async def router(settings: Settings) -> AsyncIterator[ServiceRunner]:
 
 
 @pytest.mark.parametrize("kind", SERVICE_KINDS)
-async def test_each_service_answers_health_and_reflection(kind: ServiceKind, settings: Settings) -> None:
+async def test_each_service_answers_health_and_reflection(
+    kind: ServiceKind, settings: Settings
+) -> None:
     runner = await _start(kind, settings)
     try:
         async with grpc.aio.insecure_channel(runner.address) as channel:
@@ -118,10 +119,17 @@ class _Exploding(router_grpc.RouterServiceServicer):
 
 
 async def test_unexpected_errors_become_internal_without_leaking(settings: Settings) -> None:
+    exploding = _Exploding()  # type: ignore[abstract]
     runner = ServiceRunner(
         "router",
         settings,
-        [Registration("voxmesh.router.v1.RouterService", _Exploding(), router_grpc.add_RouterServiceServicer_to_server)],
+        [
+            Registration(
+                "voxmesh.router.v1.RouterService",
+                exploding,
+                router_grpc.add_RouterServiceServicer_to_server,
+            )
+        ],
         port=0,
         metrics_port=0,
     )
@@ -163,7 +171,7 @@ class _SlowRouter(router_grpc.RouterServiceServicer):
 async def test_drain_reports_not_serving_refuses_new_calls_and_finishes_in_flight(
     settings: Settings,
 ) -> None:
-    slow = _SlowRouter()
+    slow = _SlowRouter()  # type: ignore[abstract]
     left_ring: list[bool] = []
 
     async def leave_ring() -> None:
@@ -172,7 +180,13 @@ async def test_drain_reports_not_serving_refuses_new_calls_and_finishes_in_fligh
     runner = ServiceRunner(
         "router",
         settings,
-        [Registration("voxmesh.router.v1.RouterService", slow, router_grpc.add_RouterServiceServicer_to_server)],
+        [
+            Registration(
+                "voxmesh.router.v1.RouterService",
+                slow,
+                router_grpc.add_RouterServiceServicer_to_server,
+            )
+        ],
         port=0,
         metrics_port=0,
         drain_hooks=[leave_ring],
@@ -181,7 +195,9 @@ async def test_drain_reports_not_serving_refuses_new_calls_and_finishes_in_fligh
     async with grpc.aio.insecure_channel(runner.address) as channel:
         stub = router_grpc.RouterServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
-        watch = health.Watch(health_pb2.HealthCheckRequest(service="voxmesh.router.v1.RouterService"))
+        watch = health.Watch(
+            health_pb2.HealthCheckRequest(service="voxmesh.router.v1.RouterService")
+        )
         assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
         in_flight = asyncio.ensure_future(stub.Discover(router_pb.DiscoverRequest(user_id="a")))
         await asyncio.wait_for(slow.entered.wait(), 5)
@@ -205,4 +221,7 @@ async def test_drain_reports_not_serving_refuses_new_calls_and_finishes_in_fligh
             await router_grpc.RouterServiceStub(channel).Discover(
                 router_pb.DiscoverRequest(user_id="a"), timeout=2
             )
-        assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert refused.value.code() in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        )

@@ -16,7 +16,9 @@ def test_committed_gateway_config_is_what_config_generates() -> None:
 
 
 def test_grpc_web_filters_in_order_and_streams_not_cut() -> None:
-    config = render_envoy_config(load_settings(environ={}), routers=[("127.0.0.1", 1), ("127.0.0.1", 2)])
+    config = render_envoy_config(
+        load_settings(environ={}), routers=[("127.0.0.1", 1), ("127.0.0.1", 2)]
+    )
     listener = config["static_resources"]["listeners"][0]
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     names = [f["name"] for f in manager["http_filters"]]

@@ -4,7 +4,6 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-
 from voxmesh.core.settings import SettingsError, load_settings
 
 
@@ -19,10 +18,15 @@ def test_defaults_load_and_are_frozen() -> None:
 
 def test_layers_file_then_environment_then_overrides(tmp_path: Path) -> None:
     extra = tmp_path / "extra.toml"
-    extra.write_text("[router]\nport = 7100\nmetrics_port = 7101\n[limits]\nmax_chunk_bytes = 1000\n")
+    extra.write_text(
+        "[router]\nport = 7100\nmetrics_port = 7101\n[limits]\nmax_chunk_bytes = 1000\n"
+    )
     settings = load_settings(
         extra,
-        environ={"VOXMESH__ROUTER__PORT": "7200", "VOXMESH__ENVOY__CORS_ALLOW_ORIGIN_REGEX": '["x"]'},
+        environ={
+            "VOXMESH__ROUTER__PORT": "7200",
+            "VOXMESH__ENVOY__CORS_ALLOW_ORIGIN_REGEX": '["x"]',
+        },
         overrides={"limits": {"max_text_bytes": 10}},
     )
     assert settings.router.port == 7200  # environment beats the file
@@ -36,7 +40,6 @@ def test_json_settings_file_round_trips(tmp_path: Path) -> None:
     import json
 
     import pydantic
-
     from voxmesh.core.settings import Settings
 
     original = load_settings(environ={}, overrides={"router": {"port": 7300}})

@@ -47,7 +47,9 @@ def status_for(error: errors.DomainError) -> grpc.StatusCode:
 Around = Callable[[str, grpc.aio.ServicerContext[Any, Any]], AbstractAsyncContextManager[None]]
 
 
-def _wrap(handler: grpc.RpcMethodHandler, method: str, around: Around) -> grpc.RpcMethodHandler:
+def _wrap(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, around: Around
+) -> grpc.RpcMethodHandler[Any, Any]:
     """Return a copy of ``handler`` whose behaviour runs inside ``around(method, context)``."""
 
     def unary_response(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
@@ -87,6 +89,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, around: Around) -> grpc.R
             handler.request_deserializer,
             handler.response_serializer,
         )
+    assert handler.stream_stream is not None
     return grpc.stream_stream_rpc_method_handler(
         stream_response(handler.stream_stream),
         handler.request_deserializer,
@@ -94,7 +97,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, around: Around) -> grpc.R
     )
 
 
-class _AroundInterceptor(grpc.aio.ServerInterceptor):
+class _AroundInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
     def around(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AbstractAsyncContextManager[None]:
@@ -102,9 +105,11 @@ class _AroundInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
             return handler
@@ -112,9 +117,8 @@ class _AroundInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
-    for item in context.invocation_metadata() or ():
-        if item.key == key:
-            value = item.value
+    for item_key, value in context.invocation_metadata() or ():
+        if item_key == key:
             return value.decode() if isinstance(value, bytes) else value
     return None
 

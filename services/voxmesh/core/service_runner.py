@@ -55,7 +55,8 @@ class ServiceRunner:
 
     def __post_init__(self) -> None:
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        # The grpc stubs predate grpc_health's asyncio servicer.
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._metrics_server: Any = None
         self._stopped = asyncio.Event()
         self.bound_port = 0
@@ -97,7 +98,9 @@ class ServiceRunner:
         self.bound_port = server.add_insecure_port(address)
         if self.bound_port == 0:
             raise OSError(f"cannot bind {address}: the port is in use or the host is wrong")
-        metrics_port = service_settings.metrics_port if self.metrics_port is None else self.metrics_port
+        metrics_port = (
+            service_settings.metrics_port if self.metrics_port is None else self.metrics_port
+        )
         self._metrics_server, _ = prometheus_client.start_http_server(
             metrics_port, addr=self.settings.host
         )

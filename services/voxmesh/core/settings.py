@@ -156,7 +156,9 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         value: Any = raw
-        if raw.startswith("["):  # lists come as JSON: VOXMESH__ENVOY__CORS_ALLOW_ORIGIN_REGEX='["..."]'
+        if raw.startswith(
+            "["
+        ):  # lists come as JSON: VOXMESH__ENVOY__CORS_ALLOW_ORIGIN_REGEX='["..."]'
             try:
                 value = json.loads(raw)
             except json.JSONDecodeError as exc:

@@ -16,9 +16,7 @@ from voxmesh.core.settings import Settings
 ROUTER_SERVICE = "voxmesh.router.v1.RouterService"
 _TYPES = "type.googleapis.com/envoy.extensions"
 
-ALLOW_HEADERS = (
-    "content-type,x-grpc-web,x-user-agent,grpc-timeout,authorization,x-request-id"
-)
+ALLOW_HEADERS = "content-type,x-grpc-web,x-user-agent,grpc-timeout,authorization,x-request-id"
 EXPOSE_HEADERS = "grpc-status,grpc-message,grpc-status-details-bin,x-request-id"
 
 
@@ -80,12 +78,18 @@ def render_envoy_config(
         ],
     }
     return {
-        "admin": {"address": {"socket_address": {"address": host, "port_value": settings.envoy.admin_port}}},
+        "admin": {
+            "address": {
+                "socket_address": {"address": host, "port_value": settings.envoy.admin_port}
+            }
+        },
         "static_resources": {
             "listeners": [
                 {
                     "name": "grpc_web",
-                    "address": {"socket_address": {"address": host, "port_value": settings.envoy.port}},
+                    "address": {
+                        "socket_address": {"address": host, "port_value": settings.envoy.port}
+                    },
                     "filter_chains": [
                         {
                             "filters": [

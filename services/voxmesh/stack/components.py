@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -185,8 +186,8 @@ def plan_stack(settings: Settings, paths: StackPaths) -> list[Component]:
                     kind,
                 ),
                 ports=(("grpc", service.port), ("metrics", service.metrics_port)),
-                probe=lambda port=service.port, name=SERVICE_PROTO_NAMES[kind]: (
-                    readiness.grpc_health(host, port, name)
+                probe=functools.partial(
+                    readiness.grpc_health, host, service.port, SERVICE_PROTO_NAMES[kind]
                 ),
                 env={**emulator_env(settings), "PYTHONUNBUFFERED": "1"},
             )

@@ -176,7 +176,7 @@ class LocalStack:
                 f"a stack is already running from {self.paths.run_dir}: `voxmesh status` shows "
                 f"it, `voxmesh down` stops it"
             )
-        self.components  # resolve binaries first: a missing one must fail before anything runs
+        _ = self.components  # resolve binaries first: a missing one fails before anything runs
         self.check_ports()
         for directory in (self.paths.run_dir, self.paths.logs, self.paths.data):
             directory.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,1 @@
+"""The shared core: settings, logging, errors, the service runner."""

@@ -1,0 +1,1 @@
+"""The Envoy gRPC-web gateway configuration."""

@@ -1,0 +1,1 @@
+"""The local stack: real servers and services under supervision."""
