@@ -10,7 +10,7 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import prometheus_client
@@ -43,6 +43,11 @@ def status_for(error: errors.DomainError) -> grpc.StatusCode:
             return code
     return grpc.StatusCode.UNKNOWN
 
+
+if TYPE_CHECKING:  # generic in grpc-stubs only, not at run time
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
 
 Around = Callable[[str, grpc.aio.ServicerContext[Any, Any]], AbstractAsyncContextManager[None]]
 
@@ -97,7 +102,7 @@ def _wrap(
     )
 
 
-class _AroundInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class _AroundInterceptor(_ServerInterceptor):
     def around(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AbstractAsyncContextManager[None]:
