@@ -3,6 +3,7 @@ the four services and Envoy) on free loopback ports, started and stopped by Loca
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 
@@ -39,3 +40,31 @@ def local_stack(stack_settings: Settings) -> Iterator[LocalStack]:
         yield stack
     finally:
         stack.down()
+
+
+@pytest.fixture(scope="session")
+def google_emulators(local_stack: LocalStack) -> Iterator[Settings]:
+    """The stack's Spanner and GCS emulators, with Google's client libraries pointed at them."""
+    from voxmesh.stack.provisioning import emulator_environment
+
+    with emulator_environment(local_stack.settings):
+        yield local_stack.settings
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def spanner_database(google_emulators: Settings) -> str:
+    """A fresh database with the schema of config/spanner.ddl, on the emulator."""
+    from voxmesh.stack.provisioning import ensure_spanner_database
+
+    return ensure_spanner_database(google_emulators, f"t{os.getpid()}-{next(_counter)}")
+
+
+@pytest.fixture
+def gcs_bucket(google_emulators: Settings) -> str:
+    """A fresh, empty bucket on fake-gcs-server."""
+    from voxmesh.stack.provisioning import ensure_bucket
+
+    return ensure_bucket(google_emulators, f"test-{os.getpid()}-{next(_counter)}")

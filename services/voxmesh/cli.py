@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -36,17 +38,48 @@ def _settings() -> Settings:
         raise typer.Exit(2) from exc
 
 
+def _running_settings() -> Settings:
+    """The effective settings of the stack `voxmesh up` started, if one is running here."""
+    settings = _settings()
+    effective = settings.run_dir / "settings.json"
+    if effective.exists():
+        try:
+            return load_settings(effective)
+        except SettingsError:
+            pass  # an older, incompatible run dir: fall back to the configured settings
+    return settings
+
+
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     return typer.Exit(1)
 
 
 @app.command()
-def up() -> None:
+def up(
+    embedded: Annotated[
+        bool, typer.Option(help="Run on SQLite and local files instead of the emulators.")
+    ] = False,
+) -> None:
     """Start etcd, Redis, the Spanner and GCS emulators, every service and Envoy."""
+    from voxmesh.stack import binaries
     from voxmesh.stack.local_stack import LocalStack, StackError
 
-    stack = LocalStack(_settings())
+    settings = _settings()
+    if not embedded and settings.stores.backend == "google":
+        try:
+            binaries.spanner_emulator(settings.spanner.emulator_binary)
+        except MissingBinary as exc:
+            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+                raise _fail(str(exc)) from exc
+            typer.echo(f"Spanner emulator not found: running on the embedded stores ({exc})")
+            embedded = True
+    if embedded:
+        settings = dataclasses.replace(
+            settings, stores=dataclasses.replace(settings.stores, backend="embedded")
+        )
+        typer.echo("stores: embedded (SQLite headers, local-file bodies)")
+    stack = LocalStack(settings)
     try:
         statuses = stack.up()
     except (StackError, MissingBinary) as exc:
@@ -60,7 +93,7 @@ def down() -> None:
     """Stop everything `voxmesh up` started; nothing is left running."""
     from voxmesh.stack.local_stack import LocalStack
 
-    stack = LocalStack(_settings())
+    stack = LocalStack(_running_settings())
     try:
         swept = stack.down()
     except MissingBinary as exc:
@@ -76,7 +109,7 @@ def status() -> None:
     from voxmesh.stack.local_stack import LocalStack
 
     try:
-        statuses = LocalStack(_settings()).status()
+        statuses = LocalStack(_running_settings()).status()
     except MissingBinary as exc:
         raise _fail(str(exc)) from exc
     _print_status(statuses)

@@ -22,6 +22,8 @@ CONFIG_DIR_ENV = "VOXMESH_CONFIG_DIR"
 ServiceKind = Literal["router", "header", "body", "notification"]
 SERVICE_KINDS: tuple[ServiceKind, ...] = ("router", "header", "body", "notification")
 
+_LOCAL_SECRET = "voxmesh-local-development-secret"
+
 _STRICT = pydantic.ConfigDict(extra="forbid")
 
 Port = Annotated[int, pydantic.Field(ge=0, le=65535)]
@@ -92,6 +94,32 @@ class LimitSettings:
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class StoreSettings:
+    backend: Literal["google", "embedded"]
+    sqlite_path: str
+    files_root: str
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class BodyStoreSettings:
+    group_commit_ms: Annotated[int, pydantic.Field(ge=0)]
+    group_commit_max_chunks: Annotated[int, pydantic.Field(gt=0)]
+    abandon_after_s: Annotated[float, pydantic.Field(gt=0)]
+    read_batch_max_chunks: Annotated[int, pydantic.Field(gt=0)]
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class AuthSettings:
+    algorithm: Literal["HS256", "RS256"]
+    hs256_secret: str
+    rs256_public_key_file: str
+    rs256_private_key_file: str
+    issuer: str
+    audience: str
+    token_ttl_s: Annotated[int, pydantic.Field(gt=0)]
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
 class Settings:
     environment: str
     host: str
@@ -109,6 +137,19 @@ class Settings:
     body: ServiceSettings
     notification: ServiceSettings
     limits: LimitSettings
+    stores: StoreSettings
+    body_store: BodyStoreSettings
+    auth: AuthSettings
+
+    @property
+    def sqlite_path(self) -> Path:
+        path = self.stores.sqlite_path
+        return Path(path) if path else self.run_dir / "data" / "headers.sqlite3"
+
+    @property
+    def files_root(self) -> Path:
+        path = self.stores.files_root
+        return Path(path) if path else self.run_dir / "data" / "bodies"
 
     def service(self, kind: ServiceKind) -> ServiceSettings:
         value: ServiceSettings = getattr(self, kind)
@@ -193,6 +234,15 @@ def load_settings(
         settings = pydantic.TypeAdapter(Settings).validate_python(data)
     except pydantic.ValidationError as exc:
         raise SettingsError(f"invalid settings: {exc}") from exc
+    if (
+        settings.environment != "local"
+        and settings.auth.algorithm == "HS256"
+        and settings.auth.hs256_secret == _LOCAL_SECRET
+    ):
+        raise SettingsError(
+            f"environment {settings.environment!r} uses the local development JWT secret: "
+            f"set auth.hs256_secret (VOXMESH__AUTH__HS256_SECRET) or use RS256"
+        )
     if not settings.run_dir.is_absolute():
         # A relative run dir is relative to the project root, not to wherever a command runs.
         settings = pydantic.TypeAdapter(Settings).validate_python(

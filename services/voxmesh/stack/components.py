@@ -91,7 +91,10 @@ def emulator_env(settings: Settings) -> dict[str, str]:
 
 
 def plan_stack(settings: Settings, paths: StackPaths) -> list[Component]:
-    """Every component of the local stack. Raises MissingBinary naming the fix."""
+    """Every component of the local stack. Raises MissingBinary naming the fix.
+
+    With the embedded stores (SQLite, local files) the Google emulators are not started.
+    """
     host = settings.host
     etcd, redis, spanner, gcs, envoy = (
         settings.etcd,
@@ -137,39 +140,42 @@ def plan_stack(settings: Settings, paths: StackPaths) -> list[Component]:
             ports=(("redis", redis.port),),
             probe=lambda: readiness.redis_ping(host, redis.port),
         ),
-        Component(
-            name="spanner-emulator",
-            role="server",
-            command=(
-                str(binaries.spanner_emulator(spanner.emulator_binary)),
-                "--host_port",
-                f"{host}:{spanner.emulator_port}",
-            ),
-            ports=(("grpc", spanner.emulator_port),),
-            probe=lambda: readiness.grpc_connects(host, spanner.emulator_port),
-        ),
-        Component(
-            name="gcs-emulator",
-            role="server",
-            command=(
-                str(binaries.fake_gcs_server()),
-                "-scheme",
-                "http",
-                "-host",
-                host,
-                "-port",
-                str(gcs.port),
-                "-backend",
-                "memory",
-                "-external-url",
-                f"http://{host}:{gcs.port}",
-                "-log-level",
-                "warn",
-            ),
-            ports=(("http", gcs.port),),
-            probe=lambda: readiness.http_get(f"http://{host}:{gcs.port}/storage/v1/b"),
-        ),
     ]
+    if settings.stores.backend == "google":
+        components += [
+            Component(
+                name="spanner-emulator",
+                role="server",
+                command=(
+                    str(binaries.spanner_emulator(spanner.emulator_binary)),
+                    "--host_port",
+                    f"{host}:{spanner.emulator_port}",
+                ),
+                ports=(("grpc", spanner.emulator_port),),
+                probe=lambda: readiness.grpc_connects(host, spanner.emulator_port),
+            ),
+            Component(
+                name="gcs-emulator",
+                role="server",
+                command=(
+                    str(binaries.fake_gcs_server()),
+                    "-scheme",
+                    "http",
+                    "-host",
+                    host,
+                    "-port",
+                    str(gcs.port),
+                    "-backend",
+                    "memory",
+                    "-external-url",
+                    f"http://{host}:{gcs.port}",
+                    "-log-level",
+                    "warn",
+                ),
+                ports=(("http", gcs.port),),
+                probe=lambda: readiness.http_get(f"http://{host}:{gcs.port}/storage/v1/b"),
+            ),
+        ]
     for kind in SERVICE_KINDS:
         service = settings.service(kind)
         components.append(

@@ -186,12 +186,27 @@ class LocalStack:
         self._write_supervisor_config()
         self._start_supervisor()
         try:
-            for role in ("server", "service", "gateway"):
+            self._start_and_wait(self._by_role("server"))
+            self._provision()
+            for role in ("service", "gateway"):
                 self._start_and_wait(self._by_role(role))
         except BaseException:
             self.down()
             raise
         return self.status()
+
+    def _provision(self) -> None:
+        if self.settings.stores.backend != "google":
+            return
+        from voxmesh.stack.provisioning import (
+            emulator_environment,
+            ensure_bucket,
+            ensure_spanner_database,
+        )
+
+        with emulator_environment(self.settings):
+            ensure_spanner_database(self.settings)
+            ensure_bucket(self.settings)
 
     def _start_and_wait(self, components: Sequence[Component]) -> None:
         rpc = self._rpc()
