@@ -1,76 +1,45 @@
-"""What each service kind serves: its servicers, wired into the shared ServiceRunner.
+"""What each service kind serves: each service module's factory, wired into the ServiceRunner.
 
-`type: ignore[abstract]`: the generated stubs declare every RPC abstract; RPCs not built yet
-are filled in at import by ``fill_unbuilt_rpcs``, which mypy cannot see.
+Service modules declare their servicers as subclasses of the generated servicer bases; RPCs
+not built yet are filled in at import by ``fill_unbuilt_rpcs``, which mypy cannot see (hence
+the `type: ignore[abstract]` on such classes' construction in the factories).
 """
 
 from __future__ import annotations
 
-from voxmesh.core.service_runner import Registration, ServiceRunner, StartedHook
+from voxmesh.core.service_runner import ServiceParts, ServiceRunner
 from voxmesh.core.settings import ServiceKind, Settings
 
 
-def _registrations(
-    kind: ServiceKind, settings: Settings
-) -> tuple[list[Registration], list[StartedHook]]:
-    hooks: list[StartedHook] = []
+def service_parts(kind: ServiceKind, settings: Settings) -> ServiceParts:
     if kind == "router":
-        from voxmesh.router.node_router import NodeRouter
-        from voxmesh.router.router_peer import RouterPeer
-        from voxmesh.router.v1 import router_peer_service_pb2_grpc, router_service_pb2_grpc
+        from voxmesh.router.node_router import create_router_service
 
-        router = NodeRouter(settings)  # type: ignore[abstract]
-        hooks.append(router.bind)
-        return [
-            Registration(
-                "voxmesh.router.v1.RouterService",
-                router,
-                router_service_pb2_grpc.add_RouterServiceServicer_to_server,
-            ),
-            Registration(
-                "voxmesh.router.v1.RouterPeerService",
-                RouterPeer(),  # type: ignore[abstract]
-                router_peer_service_pb2_grpc.add_RouterPeerServiceServicer_to_server,
-            ),
-        ], hooks
+        return create_router_service(settings)
     if kind == "header":
-        from voxmesh.header.header_store import HeaderStore
-        from voxmesh.header.v1 import header_service_pb2_grpc
+        from voxmesh.header.header_store import create_header_service
 
-        return [
-            Registration(
-                "voxmesh.header.v1.HeaderService",
-                HeaderStore(),  # type: ignore[abstract]
-                header_service_pb2_grpc.add_HeaderServiceServicer_to_server,
-            )
-        ], hooks
+        return create_header_service(settings)
     if kind == "body":
-        from voxmesh.body.body_store import BodyStore
-        from voxmesh.body.v1 import body_service_pb2_grpc
+        from voxmesh.body.body_store import create_body_service
 
-        return [
-            Registration(
-                "voxmesh.body.v1.BodyService",
-                BodyStore(),  # type: ignore[abstract]
-                body_service_pb2_grpc.add_BodyServiceServicer_to_server,
-            )
-        ], hooks
-    from voxmesh.notification.notification_sender import NotificationSender
-    from voxmesh.notification.v1 import notification_service_pb2_grpc
+        return create_body_service(settings)
+    from voxmesh.notification.notification_sender import create_notification_service
 
-    return [
-        Registration(
-            "voxmesh.notification.v1.NotificationService",
-            NotificationSender(),  # type: ignore[abstract]
-            notification_service_pb2_grpc.add_NotificationServiceServicer_to_server,
-        )
-    ], hooks
+    return create_notification_service(settings)
 
 
 def build_runner(
     kind: ServiceKind, settings: Settings, port: int | None = None, metrics_port: int | None = None
 ) -> ServiceRunner:
-    registrations, hooks = _registrations(kind, settings)
+    parts = service_parts(kind, settings)
     return ServiceRunner(
-        kind, settings, registrations, port=port, metrics_port=metrics_port, started_hooks=hooks
+        kind,
+        settings,
+        parts.registrations,
+        port=port,
+        metrics_port=metrics_port,
+        started_hooks=parts.started_hooks,
+        startup_hooks=parts.startup_hooks,
+        shutdown_hooks=parts.shutdown_hooks,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from voxmesh.body.v1 import body_service_pb2 as pb
 from voxmesh.body.v1 import body_service_pb2_grpc as pb_grpc
+from voxmesh.core.service_runner import Registration, ServiceParts
+from voxmesh.core.settings import Settings
 from voxmesh.core.unbuilt_rpcs import fill_unbuilt_rpcs
 
 
@@ -16,3 +18,14 @@ fill_unbuilt_rpcs(
     pb.DESCRIPTOR.services_by_name["BodyService"],
     "store-and-stream (body store on Cloud Storage)",
 )
+
+
+def create_body_service(settings: Settings) -> ServiceParts:
+    servicer = BodyStore()  # type: ignore[abstract]
+    return ServiceParts(
+        [
+            Registration(
+                "voxmesh.body.v1.BodyService", servicer, pb_grpc.add_BodyServiceServicer_to_server
+            )
+        ]
+    )

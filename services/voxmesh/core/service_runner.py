@@ -41,6 +41,18 @@ class Registration:
 
 DrainHook = Callable[[], Awaitable[None]]
 StartedHook = Callable[[str, str], None]  # (node id, "host:port") once the port is bound
+LifecycleHook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class ServiceParts:
+    """What a service module hands the runner: servicers and their lifecycle."""
+
+    registrations: list[Registration]
+    started_hooks: list[StartedHook] = field(default_factory=list)
+    # Before the port opens (open stores, connect peers) / after the drain (close them).
+    startup_hooks: list[LifecycleHook] = field(default_factory=list)
+    shutdown_hooks: list[LifecycleHook] = field(default_factory=list)
 
 
 @dataclass
@@ -52,6 +64,8 @@ class ServiceRunner:
     metrics_port: int | None = None
     drain_hooks: list[DrainHook] = field(default_factory=list)
     started_hooks: list[StartedHook] = field(default_factory=list)
+    startup_hooks: list[LifecycleHook] = field(default_factory=list)
+    shutdown_hooks: list[LifecycleHook] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._server: grpc.aio.Server | None = None
@@ -70,6 +84,8 @@ class ServiceRunner:
 
     async def start(self) -> int:
         service_settings = self.settings.service(self.kind)
+        for startup in self.startup_hooks:
+            await startup()
         limit = self.settings.limits.max_grpc_message_bytes
         server = grpc.aio.server(
             interceptors=[
@@ -135,6 +151,8 @@ class ServiceRunner:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
+        for shutdown in self.shutdown_hooks:
+            await shutdown()
         self._stopped.set()
         _log.info("stopped")
 

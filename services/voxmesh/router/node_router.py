@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from voxmesh.core.ids import require_id
+from voxmesh.core.service_runner import Registration, ServiceParts
 from voxmesh.core.settings import Settings
 from voxmesh.core.unbuilt_rpcs import fill_unbuilt_rpcs
+from voxmesh.router.router_peer import RouterPeer
+from voxmesh.router.v1 import router_peer_service_pb2_grpc
 from voxmesh.router.v1 import router_service_pb2 as pb
 from voxmesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
@@ -33,3 +36,23 @@ fill_unbuilt_rpcs(
     pb.DESCRIPTOR.services_by_name["RouterService"],
     "store-and-stream (talk, listen live, catch up, time-shift)",
 )
+
+
+def create_router_service(settings: Settings) -> ServiceParts:
+    router = NodeRouter(settings)  # type: ignore[abstract]
+    peer = RouterPeer()  # type: ignore[abstract]
+    return ServiceParts(
+        [
+            Registration(
+                "voxmesh.router.v1.RouterService",
+                router,
+                pb_grpc.add_RouterServiceServicer_to_server,
+            ),
+            Registration(
+                "voxmesh.router.v1.RouterPeerService",
+                peer,
+                router_peer_service_pb2_grpc.add_RouterPeerServiceServicer_to_server,
+            ),
+        ],
+        started_hooks=[router.bind],
+    )
