@@ -32,6 +32,7 @@ def call(
     request: Message,
     origin: str = "http://localhost:3000",
     timeout_s: float = 10,
+    token: str | None = None,
 ) -> GrpcWebReply:
     payload = request.SerializeToString()
     frame = b"\x00" + struct.pack(">I", len(payload)) + payload
@@ -43,6 +44,7 @@ def call(
             "x-grpc-web": "1",
             "x-user-agent": "grpc-web-python-test",
             "origin": origin,
+            **({"authorization": f"Bearer {token}"} if token else {}),
         },
     )
     with urllib.request.urlopen(http_request, timeout=timeout_s) as response:

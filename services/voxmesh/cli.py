@@ -16,6 +16,8 @@ from voxmesh.stack.binaries import MissingBinary
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 gateway_app = typer.Typer(no_args_is_help=True, help="The Envoy gRPC-web gateway.")
 app.add_typer(gateway_app, name="gateway")
+token_app = typer.Typer(no_args_is_help=True, help="Client tokens (JWT) for local use.")
+app.add_typer(token_app, name="token")
 
 _state: dict[str, Path | None] = {"config": None}
 
@@ -159,6 +161,21 @@ def gateway_render(
         sys.stdout.write(text)
     else:
         out.write_text(text)
+
+
+@token_app.command("issue")
+def token_issue(
+    user: Annotated[str, typer.Option(help="The user id (the token's subject).")],
+    ttl: Annotated[int | None, typer.Option(help="Lifetime in seconds.")] = None,
+) -> None:
+    """Print a signed client token for USER (send it as `authorization: Bearer <token>`)."""
+    from voxmesh.core.client_auth import issue_token
+    from voxmesh.core.domain_errors import InvalidArgument
+
+    try:
+        typer.echo(issue_token(_settings().auth, user, ttl))
+    except (InvalidArgument, ValueError) as exc:
+        raise _fail(str(exc)) from exc
 
 
 def main() -> None:

@@ -8,12 +8,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import jwt
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from voxmesh.core.client_auth import issue_token
 from voxmesh.core.domain_errors import InvalidArgument
 from voxmesh.core.service_runner import Registration, ServiceRunner
 from voxmesh.core.settings import SERVICE_KINDS, ServiceKind, Settings, load_settings
+from voxmesh.notification.v1 import notification_service_pb2 as n_pb
+from voxmesh.notification.v1 import notification_service_pb2_grpc as n_grpc
 from voxmesh.router.v1 import router_service_pb2 as router_pb
 from voxmesh.router.v1 import router_service_pb2_grpc as router_grpc
 from voxmesh.service_registry import build_runner
@@ -64,44 +68,88 @@ async def test_each_service_answers_health_and_reflection(
         await runner.drain(grace_s=0)
 
 
-async def test_unbuilt_rpc_answers_unimplemented_with_a_message(router: ServiceRunner) -> None:
+def _auth(settings: Settings, user: str = "alice") -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {issue_token(settings.auth, user)}"),)
+
+
+async def test_unbuilt_rpc_answers_unimplemented_with_a_message(
+    router: ServiceRunner, settings: Settings
+) -> None:
     async with grpc.aio.insecure_channel(router.address) as channel:
         stub = router_grpc.RouterServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as unary:
-            await stub.GetThread(router_pb.GetThreadRequest())
+            await stub.SetTyping(router_pb.SetTypingRequest(), metadata=_auth(settings))
         assert unary.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "RouterService/GetThread is not built yet" in (unary.value.details() or "")
+        assert "RouterService/SetTyping is not built yet" in (unary.value.details() or "")
 
-        with pytest.raises(grpc.aio.AioRpcError) as streaming:
-            async for _ in stub.Updates(router_pb.UpdatesRequest()):
-                pass
-        assert streaming.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "RouterService/Updates is not built yet" in (streaming.value.details() or "")
+    notifier = await _start("notification", settings)
+    try:
+        async with grpc.aio.insecure_channel(notifier.address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as other:
+                await n_grpc.NotificationServiceStub(channel).ListDevices(n_pb.ListDevicesRequest())
+        assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "NotificationService/ListDevices is not built yet" in (other.value.details() or "")
+    finally:
+        await notifier.drain(grace_s=0)
 
 
-async def test_discover_validates_and_answers_this_router(router: ServiceRunner) -> None:
+async def test_client_calls_need_a_valid_token(router: ServiceRunner, settings: Settings) -> None:
     async with grpc.aio.insecure_channel(router.address) as channel:
         stub = router_grpc.RouterServiceStub(channel)
-        reply = await stub.Discover(router_pb.DiscoverRequest(user_id="alice"))
+        request = router_pb.DiscoverRequest(user_id="alice")
+        forged = jwt.encode(
+            {"sub": "alice", "exp": 2**33, "iat": 0}, "not-the-secret-but-long-enough-for-hs256"
+        )
+        expired = issue_token(settings.auth, "alice", ttl_s=-3600)
+        for metadata, fragment in [
+            ((), "missing 'authorization: Bearer <token>'"),
+            ((("authorization", "Basic abc"),), "missing 'authorization: Bearer <token>'"),
+            ((("authorization", f"Bearer {forged}"),), "invalid token"),
+            ((("authorization", f"Bearer {expired}"),), "token expired"),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Discover(request, metadata=metadata)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert fragment in (refused.value.details() or "")
+        # Health is for the mesh and load balancers: no token.
+        health = health_pb2_grpc.HealthStub(channel)
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == (
+            health_pb2.HealthCheckResponse.SERVING
+        )
+
+
+async def test_discover_validates_and_answers_this_router(
+    router: ServiceRunner, settings: Settings
+) -> None:
+    async with grpc.aio.insecure_channel(router.address) as channel:
+        stub = router_grpc.RouterServiceStub(channel)
+        reply = await stub.Discover(
+            router_pb.DiscoverRequest(user_id="alice"), metadata=_auth(settings)
+        )
         assert [(r.node_id, r.address) for r in reply.routers] == [(router.node_id, router.address)]
         for bad in ("", "a b", "x" * 200, "../etc"):
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await stub.Discover(router_pb.DiscoverRequest(user_id=bad))
+                await stub.Discover(
+                    router_pb.DiscoverRequest(user_id=bad), metadata=_auth(settings)
+                )
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "user_id" in (refused.value.details() or "")
 
 
-async def test_request_id_is_echoed_and_metrics_count_status_codes(router: ServiceRunner) -> None:
+async def test_request_id_is_echoed_and_metrics_count_status_codes(
+    router: ServiceRunner, settings: Settings
+) -> None:
     async with grpc.aio.insecure_channel(router.address) as channel:
         stub = router_grpc.RouterServiceStub(channel)
         call = stub.Discover(
-            router_pb.DiscoverRequest(user_id="bob"), metadata=(("x-request-id", "req-123"),)
+            router_pb.DiscoverRequest(user_id="bob"),
+            metadata=(("x-request-id", "req-123"), *_auth(settings)),
         )
         await call
         trailers = await call.trailing_metadata()
         assert ("x-request-id", "req-123") in [(k, v) for k, v in trailers or ()]
         with pytest.raises(grpc.aio.AioRpcError):
-            await stub.Discover(router_pb.DiscoverRequest(user_id=""))
+            await stub.Discover(router_pb.DiscoverRequest(user_id=""), metadata=_auth(settings))
     url = f"http://127.0.0.1:{router.bound_metrics_port}/metrics"
     text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
     assert 'voxmesh_rpc_handled_total{code="OK",method="Discover",service="router"}' in text

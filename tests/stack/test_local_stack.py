@@ -13,6 +13,7 @@ import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from voxmesh.core.client_auth import issue_token
 from voxmesh.core.settings import SERVICE_KINDS, Settings, load_settings
 from voxmesh.router.v1 import router_service_pb2 as router_pb
 from voxmesh.stack.components import SERVICE_PROTO_NAMES
@@ -66,6 +67,7 @@ def test_grpc_web_through_envoy_reaches_a_router(local_stack: LocalStack) -> Non
         _gateway(settings),
         "voxmesh.router.v1.RouterService/Discover",
         router_pb.DiscoverRequest(user_id="alice"),
+        token=issue_token(settings.auth, "alice"),
     )
     assert reply.http_status == 200
     assert reply.grpc_status == 0, reply.grpc_message
@@ -79,17 +81,26 @@ def test_grpc_web_through_envoy_reaches_a_router(local_stack: LocalStack) -> Non
 
 def test_grpc_web_errors_come_back_with_status_and_message(local_stack: LocalStack) -> None:
     settings = local_stack.settings
+    token = issue_token(settings.auth, "alice")
+    unauthenticated = grpc_web.call(
+        _gateway(settings),
+        "voxmesh.router.v1.RouterService/Discover",
+        router_pb.DiscoverRequest(user_id="alice"),
+    )
+    assert unauthenticated.grpc_status == grpc.StatusCode.UNAUTHENTICATED.value[0]
     invalid = grpc_web.call(
         _gateway(settings),
         "voxmesh.router.v1.RouterService/Discover",
         router_pb.DiscoverRequest(user_id=""),
+        token=token,
     )
     assert invalid.grpc_status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "user_id is required" in invalid.grpc_message
     unbuilt = grpc_web.call(
         _gateway(settings),
-        "voxmesh.router.v1.RouterService/ListThreads",
-        router_pb.ListThreadsRequest(),
+        "voxmesh.router.v1.RouterService/SetTyping",
+        router_pb.SetTypingRequest(),
+        token=token,
     )
     assert unbuilt.grpc_status == grpc.StatusCode.UNIMPLEMENTED.value[0]
     assert "not built yet" in unbuilt.grpc_message

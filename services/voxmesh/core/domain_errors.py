@@ -42,6 +42,10 @@ class ResourceExhausted(DomainError):
     """A configured limit on in-flight work was reached; the client should back off."""
 
 
+class Aborted(DomainError):
+    """The call was superseded (a device opened a newer updates stream); retry if needed."""
+
+
 class Unavailable(DomainError):
     """A dependency (store, peer node) cannot be reached right now; retrying may succeed."""
 

@@ -32,6 +32,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[errors.DomainError], grpc.StatusCode], ...] =
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Aborted, grpc.StatusCode.ABORTED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.NotBuiltYet, grpc.StatusCode.UNIMPLEMENTED),
 )
@@ -102,7 +103,12 @@ def _wrap(
     )
 
 
-class _AroundInterceptor(_ServerInterceptor):
+class AroundInterceptor(_ServerInterceptor):
+    """Runs ``around`` as an async context manager around every RPC it applies to."""
+
+    def applies_to(self, method: str) -> bool:
+        return True
+
     def around(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AbstractAsyncContextManager[None]:
@@ -116,8 +122,8 @@ class _AroundInterceptor(_ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
-        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
-            return handler
+        if handler is None or not self.applies_to(handler_call_details.method):
+            return handler  # None: unknown method, grpc answers UNIMPLEMENTED itself
         return _wrap(handler, handler_call_details.method, self.around)
 
 
@@ -128,7 +134,7 @@ def _metadata_value(context: grpc.aio.ServicerContext[Any, Any], key: str) -> st
     return None
 
 
-class RequestContextInterceptor(_AroundInterceptor):
+class RequestContextInterceptor(AroundInterceptor):
     """Binds a request id (the caller's ``x-request-id`` or a new one) to every log line."""
 
     @asynccontextmanager
@@ -172,7 +178,7 @@ def _code_name(context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> str
     return "UNKNOWN" if failed else "OK"
 
 
-class MetricsInterceptor(_AroundInterceptor):
+class MetricsInterceptor(AroundInterceptor):
     """Prometheus counters and latency histograms per method and status code."""
 
     def __init__(self, service: str) -> None:
@@ -199,7 +205,7 @@ class MetricsInterceptor(_AroundInterceptor):
             RPC_HANDLED.labels(self._service, name, _code_name(context, failed)).inc()
 
 
-class ErrorMappingInterceptor(_AroundInterceptor):
+class ErrorMappingInterceptor(AroundInterceptor):
     """The one place where domain errors become gRPC statuses; anything else is INTERNAL."""
 
     @asynccontextmanager
@@ -214,6 +220,14 @@ class ErrorMappingInterceptor(_AroundInterceptor):
             await context.abort(code, str(exc))
         except grpc.aio.AbortError:
             raise
+        except grpc.aio.AioRpcError as exc:
+            # A call to another voxmesh service failed with a precise status: pass it on.
+            code = exc.code()
+            details = exc.details() or code.name
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                details = f"a backing service is unavailable: {details}"
+            _log.info("downstream refused", code=code.name, reason=details)
+            await context.abort(code, details)
         except Exception:
             # Never leak internals or crash the server: log it whole, tell the client little.
             _log.exception("rpc failed")

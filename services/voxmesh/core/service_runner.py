@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from voxmesh.core.rpc_interceptors import (
+    AroundInterceptor,
     ErrorMappingInterceptor,
     MetricsInterceptor,
     RequestContextInterceptor,
@@ -53,6 +54,8 @@ class ServiceParts:
     # Before the port opens (open stores, connect peers) / after the drain (close them).
     startup_hooks: list[LifecycleHook] = field(default_factory=list)
     shutdown_hooks: list[LifecycleHook] = field(default_factory=list)
+    # Run inside the error mapping (so their domain errors become statuses), e.g. auth.
+    interceptors: list[AroundInterceptor] = field(default_factory=list)
 
 
 @dataclass
@@ -66,6 +69,8 @@ class ServiceRunner:
     started_hooks: list[StartedHook] = field(default_factory=list)
     startup_hooks: list[LifecycleHook] = field(default_factory=list)
     shutdown_hooks: list[LifecycleHook] = field(default_factory=list)
+    # Run inside the error mapping (so their domain errors become statuses), e.g. auth.
+    interceptors: list[AroundInterceptor] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._server: grpc.aio.Server | None = None
@@ -92,6 +97,7 @@ class ServiceRunner:
                 RequestContextInterceptor(),
                 MetricsInterceptor(self.kind),
                 ErrorMappingInterceptor(),
+                *self.interceptors,
             ],
             # Beyond this grpc answers RESOURCE_EXHAUSTED instead of queueing: bounded work.
             maximum_concurrent_rpcs=service_settings.max_concurrent_rpcs,

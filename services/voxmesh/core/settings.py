@@ -109,6 +109,13 @@ class BodyStoreSettings:
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class UpdatesSettings:
+    queue_max: Annotated[int, pydantic.Field(gt=0)]
+    heartbeat_s: Annotated[float, pydantic.Field(gt=0)]
+    resync_s: Annotated[float, pydantic.Field(gt=0)]
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
 class AuthSettings:
     algorithm: Literal["HS256", "RS256"]
     hs256_secret: str
@@ -140,6 +147,7 @@ class Settings:
     stores: StoreSettings
     body_store: BodyStoreSettings
     auth: AuthSettings
+    updates: UpdatesSettings
 
     @property
     def sqlite_path(self) -> Path:

@@ -1,46 +1,657 @@
-"""RouterService: the client-facing API of a router node."""
+"""RouterService: the client-facing API of a router node.
+
+Thin: every call is authenticated (the caller comes from the JWT), authorised by thread
+membership, then handed to the header store, the body store or the message relay, and what
+changed is fanned out to the updates streams of the users concerned.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
+
+from voxmesh.body.v1 import body_service_pb2 as body_pb
+from voxmesh.body.v1 import body_service_pb2_grpc as body_grpc
+from voxmesh.common.v1 import body_pb2, mark_pb2, message_pb2, thread_pb2, update_pb2
+from voxmesh.core.client_auth import AuthInterceptor, TokenVerifier, current_caller
+from voxmesh.core.domain_errors import InvalidArgument, PermissionDenied
 from voxmesh.core.ids import require_id
 from voxmesh.core.service_runner import Registration, ServiceParts
 from voxmesh.core.settings import Settings
 from voxmesh.core.unbuilt_rpcs import fill_unbuilt_rpcs
+from voxmesh.header.v1 import header_service_pb2 as header_pb
+from voxmesh.header.v1 import header_service_pb2_grpc as header_grpc
+from voxmesh.router.device_hub import DeviceHub
+from voxmesh.router.message_relay import DELETED, RECALLED, MessageRelay, _event
 from voxmesh.router.router_peer import RouterPeer
+from voxmesh.router.updates_stream import UpdatesStreamer
 from voxmesh.router.v1 import router_peer_service_pb2_grpc
 from voxmesh.router.v1 import router_service_pb2 as pb
 from voxmesh.router.v1 import router_service_pb2_grpc as pb_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def direct_thread_id(user_a: str, user_b: str) -> str:
+    """Both users get the same direct thread, whoever creates it first."""
+    low, high = sorted((user_a, user_b))
+    return "d-" + hashlib.sha256(f"{low}\n{high}".encode()).hexdigest()[:32]
 
 
 class NodeRouter(pb_grpc.RouterServiceServicer):
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._self = pb.RouterNode(zone=settings.zone)
+        self.hub = DeviceHub(settings.updates.queue_max)
+        self._channels: list[grpc.aio.Channel] = []
+        self._headers: header_grpc.HeaderServiceAsyncStub
+        self._bodies: body_grpc.BodyServiceAsyncStub
+        self.relay: MessageRelay
+        self._updates: UpdatesStreamer
+
+    # -- lifecycle -------------------------------------------------------------------------
 
     def bind(self, node_id: str, address: str) -> None:
         """Called once the server's port is known."""
         self._self.node_id = node_id
         self._self.address = address
 
-    async def Discover(self, request: pb.DiscoverRequest, context: Any) -> pb.DiscoverResponse:
+    async def open(self) -> None:
+        host = self._settings.host
+        limit = self._settings.limits.max_grpc_message_bytes
+        options = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ]
+        header_channel = grpc.aio.insecure_channel(f"{host}:{self._settings.header.port}", options)
+        body_channel = grpc.aio.insecure_channel(f"{host}:{self._settings.body.port}", options)
+        self._channels = [header_channel, body_channel]
+        self._headers = header_grpc.HeaderServiceStub(header_channel)
+        self._bodies = body_grpc.BodyServiceStub(body_channel)
+        self.relay = MessageRelay(self._settings, self.hub, self._headers, self._bodies)
+        self._updates = UpdatesStreamer(self._settings.updates, self.hub, self._headers)
+
+    async def close(self) -> None:
+        await self.relay.close()
+        for channel in self._channels:
+            await channel.close(None)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _require_member(
+        self, user_id: str, thread_id: str
+    ) -> thread_pb2.MemberRole.ValueType:
+        require_id(thread_id, "thread_id")
+        reply = await self._headers.CheckMembership(
+            header_pb.CheckMembershipRequest(thread_id=thread_id, user_id=user_id)
+        )
+        if not reply.is_member:
+            raise PermissionDenied(f"user {user_id} is not a member of thread {thread_id}")
+        return reply.role
+
+    async def _header(
+        self, user_id: str, thread_id: str, message_id: str
+    ) -> message_pb2.MessageHeader:
+        await self._require_member(user_id, thread_id)
+        require_id(message_id, "message_id")
+        reply = await self._headers.GetMessage(
+            header_pb.GetMessageRequest(thread_id=thread_id, message_id=message_id)
+        )
+        return reply.header
+
+    def _thread_changed(
+        self,
+        thread: thread_pb2.Thread,
+        change: update_pb2.ThreadChangeKind.ValueType,
+        actor: str,
+        user_ids: list[str] | None = None,
+        also: list[str] | None = None,
+    ) -> None:
+        members = [m.user_id for m in thread.members]
+        shared = thread_pb2.Thread()
+        shared.CopyFrom(thread)
+        shared.ClearField("user_state")  # the caller's own state is not for the others
+        self.relay.fan_out(
+            members + (also or []),
+            _event(
+                thread_changed=update_pb2.ThreadChanged(
+                    change=change, thread=shared, actor_user_id=actor, user_ids=user_ids or []
+                )
+            ),
+        )
+
+    # -- discovery -------------------------------------------------------------------------
+
+    async def Discover(self, request: pb.DiscoverRequest, context: Context) -> pb.DiscoverResponse:
         require_id(request.user_id, "user_id")
         # Until routers form a ring on etcd, this node is the only router: every user's
         # preference list is this node alone.
         return pb.DiscoverResponse(routers=[self._self])
 
+    # -- talk ------------------------------------------------------------------------------
+
+    async def Send(
+        self, request_iterator: AsyncIterator[pb.SendRequest], context: Context
+    ) -> AsyncIterator[pb.SendResponse]:
+        async for response in self.relay.send(current_caller().user_id, request_iterator):
+            yield response
+
+    async def StartMessage(
+        self, request: pb.StartMessageRequest, context: Context
+    ) -> pb.StartMessageResponse:
+        user = current_caller().user_id
+        live, durable = await self.relay.start(user, request.device_id, request.start)
+        ack = body_pb2.DurableAck(
+            thread_id=live.thread_id, message_id=live.message_id, durable_chunk_count=durable
+        )
+        if request.chunks:
+            ack = await self._append(live, request.chunks, live.header.content_type)
+        header = live.header
+        if request.HasField("end"):
+            header = await self.relay.complete(live, request.end)
+        return pb.StartMessageResponse(header=header, ack=ack)
+
+    async def _live(self, user: str, thread_id: str, message_id: str) -> Any:
+        live = self.relay.live_message(message_id)
+        if live is None or live.thread_id != thread_id:
+            header = await self._header(user, thread_id, message_id)
+            # Not started through this router (or it restarted): take it up again.
+            live, _ = await self.relay.start(
+                user,
+                header.sender_device_id,
+                message_pb2.MessageStart(
+                    message_id=message_id,
+                    thread_id=thread_id,
+                    kind=header.kind,
+                    content_type=header.content_type,
+                ),
+            )
+        if live.header.sender_user_id != user:
+            raise PermissionDenied(f"message {message_id} belongs to another sender")
+        return live
+
+    async def _append(self, live: Any, chunks: Any, content_type: str = "") -> body_pb2.DurableAck:
+        stored = self.relay.relay_chunks(live, chunks)
+        reply = await self._bodies.AppendChunksBatch(
+            body_pb.AppendChunksBatchRequest(
+                thread_id=live.thread_id,
+                message_id=live.message_id,
+                content_type=content_type or live.header.content_type,
+                chunks=stored,
+            )
+        )
+        return reply.ack
+
+    async def AppendChunks(
+        self, request: pb.AppendChunksRequest, context: Context
+    ) -> pb.AppendChunksResponse:
+        user = current_caller().user_id
+        live = await self._live(user, request.thread_id, request.message_id)
+        return pb.AppendChunksResponse(ack=await self._append(live, request.chunks))
+
+    async def EndMessage(
+        self, request: pb.EndMessageRequest, context: Context
+    ) -> pb.EndMessageResponse:
+        user = current_caller().user_id
+        live = await self._live(user, request.thread_id, request.message_id)
+        return pb.EndMessageResponse(header=await self.relay.complete(live, request.end))
+
+    async def SendText(self, request: pb.SendTextRequest, context: Context) -> pb.SendTextResponse:
+        user = current_caller().user_id
+        if not request.text:
+            raise InvalidArgument("text is empty")
+        start = message_pb2.MessageStart(
+            message_id=request.message_id,
+            thread_id=request.thread_id,
+            kind=message_pb2.MESSAGE_KIND_TEXT,
+            content_type="text/plain; charset=utf-8",
+            text=request.text,
+        )
+        if request.HasField("created_at"):
+            start.created_at.CopyFrom(request.created_at)
+        live, _ = await self.relay.start(user, request.device_id, start)
+        header = live.header
+        if header.state == message_pb2.MESSAGE_STATE_LIVE:
+            reply = await self._headers.CompleteMessage(
+                header_pb.CompleteMessageRequest(
+                    thread_id=header.thread_id,
+                    message_id=header.message_id,
+                    end=message_pb2.MessageEnd(size_bytes=len(request.text.encode())),
+                )
+            )
+            header = reply.header
+            self.relay.fan_out(
+                list(reply.member_user_ids),
+                _event(
+                    message_state_changed=update_pb2.MessageStateChanged(
+                        header=header,
+                        previous_state=message_pb2.MESSAGE_STATE_LIVE,
+                        actor_user_id=user,
+                    )
+                ),
+            )
+        return pb.SendTextResponse(header=header)
+
+    # -- listen ----------------------------------------------------------------------------
+
+    async def Updates(
+        self, request: pb.UpdatesRequest, context: Context
+    ) -> AsyncIterator[pb.UpdatesResponse]:
+        user = current_caller().user_id
+        async for frame in self._updates.stream(user, request.device_id, request.cursor):
+            yield frame
+
+    async def ReadBody(
+        self, request: pb.ReadBodyRequest, context: Context
+    ) -> AsyncIterator[pb.ReadBodyResponse]:
+        user = current_caller().user_id
+        header = await self._header(user, request.thread_id, request.message_id)
+        source = header.body if header.body.message_id else None
+        call = self._bodies.ReadChunks(
+            body_pb.ReadChunksRequest(
+                thread_id=source.thread_id if source else header.thread_id,
+                message_id=source.message_id if source else header.message_id,
+                origin=request.origin,
+                from_index=request.from_index,
+                stored_only=request.stored_only,
+            )
+        )
+        async for frame in call:
+            # Same field layout: the bytes are a valid ReadBodyResponse.
+            yield pb.ReadBodyResponse.FromString(frame.SerializeToString())
+
+    async def ReadBodyRange(
+        self, request: pb.ReadBodyRangeRequest, context: Context
+    ) -> pb.ReadBodyRangeResponse:
+        user = current_caller().user_id
+        header = await self._header(user, request.thread_id, request.message_id)
+        source = header.body if header.body.message_id else None
+        reply = await self._bodies.ReadRange(
+            body_pb.ReadRangeRequest(
+                thread_id=source.thread_id if source else header.thread_id,
+                message_id=source.message_id if source else header.message_id,
+                offset=request.offset,
+                length=request.length,
+            )
+        )
+        return pb.ReadBodyRangeResponse(
+            content_type=reply.content_type,
+            offset=reply.offset,
+            data=reply.data,
+            total_size_bytes=reply.total_size_bytes,
+        )
+
+    # -- timeline --------------------------------------------------------------------------
+
+    async def ListTimeline(
+        self, request: pb.ListTimelineRequest, context: Context
+    ) -> pb.ListTimelineResponse:
+        user = current_caller().user_id
+        require_id(request.device_id, "device_id")
+        reply = await self._headers.ListTimeline(
+            header_pb.ListTimelineRequest(
+                user_id=user,
+                device_id=request.device_id,
+                cursor=request.cursor,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+        )
+        return pb.ListTimelineResponse(
+            threads=reply.threads,
+            headers=reply.headers,
+            removed_thread_ids=reply.removed_thread_ids,
+            next_page_token=reply.next_page_token,
+            next_cursor=reply.next_cursor,
+        )
+
+    async def AckTimeline(
+        self, request: pb.AckTimelineRequest, context: Context
+    ) -> pb.AckTimelineResponse:
+        user = current_caller().user_id
+        require_id(request.device_id, "device_id")
+        reply = await self._headers.AckTimeline(
+            header_pb.AckTimelineRequest(
+                user_id=user, device_id=request.device_id, cursor=request.cursor
+            )
+        )
+        return pb.AckTimelineResponse(cursor=reply.cursor)
+
+    # -- threads ---------------------------------------------------------------------------
+
+    async def CreateThread(
+        self, request: pb.CreateThreadRequest, context: Context
+    ) -> pb.CreateThreadResponse:
+        user = current_caller().user_id
+        others = [require_id(u, "member_user_ids[]") for u in request.member_user_ids]
+        if request.kind == thread_pb2.THREAD_KIND_DIRECT:
+            if len(set(others) - {user}) != 1:
+                raise InvalidArgument("a direct thread has exactly one other member")
+            (other,) = set(others) - {user}
+            thread_id = direct_thread_id(user, other)
+        elif request.kind == thread_pb2.THREAD_KIND_GROUP:
+            thread_id = request.thread_id or str(uuid.uuid4())
+        else:
+            raise InvalidArgument("kind must be THREAD_KIND_DIRECT or THREAD_KIND_GROUP")
+        reply = await self._headers.CreateThread(
+            header_pb.CreateThreadRequest(
+                thread_id=thread_id,
+                kind=request.kind,
+                title=request.title,
+                creator_user_id=user,
+                member_user_ids=[user, *others],
+            )
+        )
+        if reply.created:
+            self._thread_changed(reply.thread, update_pb2.THREAD_CHANGE_KIND_CREATED, user)
+        return pb.CreateThreadResponse(thread=reply.thread)
+
+    async def GetThread(
+        self, request: pb.GetThreadRequest, context: Context
+    ) -> pb.GetThreadResponse:
+        user = current_caller().user_id
+        await self._require_member(user, request.thread_id)
+        reply = await self._headers.GetThread(
+            header_pb.GetThreadRequest(thread_id=request.thread_id, viewer_user_id=user)
+        )
+        return pb.GetThreadResponse(thread=reply.thread)
+
+    async def ListThreads(
+        self, request: pb.ListThreadsRequest, context: Context
+    ) -> pb.ListThreadsResponse:
+        user = current_caller().user_id
+        reply = await self._headers.ListThreadsForUser(
+            header_pb.ListThreadsForUserRequest(
+                user_id=user, page_size=request.page_size, page_token=request.page_token
+            )
+        )
+        return pb.ListThreadsResponse(threads=reply.threads, next_page_token=reply.next_page_token)
+
+    async def UpdateThread(
+        self, request: pb.UpdateThreadRequest, context: Context
+    ) -> pb.UpdateThreadResponse:
+        user = current_caller().user_id
+        await self._require_member(user, request.thread_id)
+        reply = await self._headers.UpdateThread(
+            header_pb.UpdateThreadRequest(
+                thread_id=request.thread_id, actor_user_id=user, title=request.title
+            )
+        )
+        self._thread_changed(reply.thread, update_pb2.THREAD_CHANGE_KIND_UPDATED, user)
+        return pb.UpdateThreadResponse(thread=reply.thread)
+
+    async def AddMembers(
+        self, request: pb.AddMembersRequest, context: Context
+    ) -> pb.AddMembersResponse:
+        user = current_caller().user_id
+        await self._require_member(user, request.thread_id)
+        reply = await self._headers.AddMembers(
+            header_pb.AddMembersRequest(
+                thread_id=request.thread_id,
+                actor_user_id=user,
+                user_ids=request.user_ids,
+                role=request.role,
+            )
+        )
+        if reply.added_user_ids:
+            self._thread_changed(
+                reply.thread,
+                update_pb2.THREAD_CHANGE_KIND_MEMBERS_ADDED,
+                user,
+                list(reply.added_user_ids),
+            )
+        return pb.AddMembersResponse(thread=reply.thread)
+
+    async def RemoveMember(
+        self, request: pb.RemoveMemberRequest, context: Context
+    ) -> pb.RemoveMemberResponse:
+        user = current_caller().user_id
+        await self._require_member(user, request.thread_id)
+        reply = await self._headers.RemoveMember(
+            header_pb.RemoveMemberRequest(
+                thread_id=request.thread_id, actor_user_id=user, user_id=request.user_id
+            )
+        )
+        change = (
+            update_pb2.THREAD_CHANGE_KIND_MEMBER_LEFT
+            if request.user_id == user
+            else update_pb2.THREAD_CHANGE_KIND_MEMBER_REMOVED
+        )
+        self._thread_changed(reply.thread, change, user, [request.user_id], also=[request.user_id])
+        return pb.RemoveMemberResponse(thread=reply.thread)
+
+    async def SetMemberRole(
+        self, request: pb.SetMemberRoleRequest, context: Context
+    ) -> pb.SetMemberRoleResponse:
+        user = current_caller().user_id
+        await self._require_member(user, request.thread_id)
+        reply = await self._headers.SetMemberRole(
+            header_pb.SetMemberRoleRequest(
+                thread_id=request.thread_id,
+                actor_user_id=user,
+                user_id=request.user_id,
+                role=request.role,
+            )
+        )
+        self._thread_changed(
+            reply.thread, update_pb2.THREAD_CHANGE_KIND_ROLE_CHANGED, user, [request.user_id]
+        )
+        return pb.SetMemberRoleResponse(thread=reply.thread)
+
+    async def LeaveThread(
+        self, request: pb.LeaveThreadRequest, context: Context
+    ) -> pb.LeaveThreadResponse:
+        user = current_caller().user_id
+        await self.RemoveMember(
+            pb.RemoveMemberRequest(thread_id=request.thread_id, user_id=user), context
+        )
+        return pb.LeaveThreadResponse()
+
+    async def MuteThread(
+        self, request: pb.MuteThreadRequest, context: Context
+    ) -> pb.MuteThreadResponse:
+        user = current_caller().user_id
+        await self._require_member(user, request.thread_id)
+        mute = header_pb.MuteThreadRequest(
+            thread_id=request.thread_id, user_id=user, muted=request.muted
+        )
+        if request.HasField("muted_until"):
+            mute.muted_until.CopyFrom(request.muted_until)
+        reply = await self._headers.MuteThread(mute)
+        return pb.MuteThreadResponse(user_state=reply.user_state)
+
+    async def ListMessages(
+        self, request: pb.ListMessagesRequest, context: Context
+    ) -> pb.ListMessagesResponse:
+        user = current_caller().user_id
+        await self._require_member(user, request.thread_id)
+        listing = header_pb.ListMessagesRequest(
+            thread_id=request.thread_id,
+            viewer_user_id=user,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        if request.HasField("before_seq"):
+            listing.before_seq = request.before_seq
+        elif request.HasField("after_seq"):
+            listing.after_seq = request.after_seq
+        reply = await self._headers.ListMessages(listing)
+        return pb.ListMessagesResponse(headers=reply.headers, next_page_token=reply.next_page_token)
+
+    async def GetMessage(
+        self, request: pb.GetMessageRequest, context: Context
+    ) -> pb.GetMessageResponse:
+        user = current_caller().user_id
+        return pb.GetMessageResponse(
+            header=await self._header(user, request.thread_id, request.message_id)
+        )
+
+    # -- marks and likes -------------------------------------------------------------------
+
+    async def _mark(
+        self, thread_id: str, message_id: str, device_id: str, kind: mark_pb2.MarkKind.ValueType
+    ) -> mark_pb2.Mark:
+        user = current_caller().user_id
+        require_id(device_id, "device_id")
+        header = await self._header(user, thread_id, message_id)
+        reply = await self._headers.SetMark(
+            header_pb.SetMarkRequest(
+                mark=mark_pb2.Mark(
+                    user_id=user,
+                    device_id=device_id,
+                    thread_id=thread_id,
+                    message_id=message_id,
+                    seq=header.seq,
+                    kind=kind,
+                )
+            )
+        )
+        if reply.advanced:  # the user's other devices clear the same badge
+            self.relay.fan_out([user], _event(mark=reply.mark), skip_device=(user, device_id))
+        return reply.mark
+
+    async def MarkRead(self, request: pb.MarkReadRequest, context: Context) -> pb.MarkReadResponse:
+        mark = await self._mark(
+            request.thread_id, request.message_id, request.device_id, mark_pb2.MARK_KIND_READ
+        )
+        return pb.MarkReadResponse(mark=mark)
+
+    async def MarkListened(
+        self, request: pb.MarkListenedRequest, context: Context
+    ) -> pb.MarkListenedResponse:
+        mark = await self._mark(
+            request.thread_id, request.message_id, request.device_id, mark_pb2.MARK_KIND_LISTENED
+        )
+        return pb.MarkListenedResponse(mark=mark)
+
+    async def LikeMessage(
+        self, request: pb.LikeMessageRequest, context: Context
+    ) -> pb.LikeMessageResponse:
+        user = current_caller().user_id
+        await self._require_member(user, request.thread_id)
+        reply = await self._headers.LikeMessage(
+            header_pb.LikeMessageRequest(
+                thread_id=request.thread_id, message_id=request.message_id, user_id=user
+            )
+        )
+        if reply.changed:
+            self.relay.fan_out(
+                list(reply.member_user_ids),
+                _event(
+                    like_changed=update_pb2.LikeChanged(
+                        like=reply.like, liked=True, like_count=reply.like_count
+                    )
+                ),
+            )
+        return pb.LikeMessageResponse(like_count=reply.like_count)
+
+    async def UnlikeMessage(
+        self, request: pb.UnlikeMessageRequest, context: Context
+    ) -> pb.UnlikeMessageResponse:
+        user = current_caller().user_id
+        await self._require_member(user, request.thread_id)
+        reply = await self._headers.UnlikeMessage(
+            header_pb.UnlikeMessageRequest(
+                thread_id=request.thread_id, message_id=request.message_id, user_id=user
+            )
+        )
+        if reply.changed:
+            self.relay.fan_out(
+                list(reply.member_user_ids),
+                _event(
+                    like_changed=update_pb2.LikeChanged(
+                        like=message_pb2.Like(
+                            thread_id=request.thread_id, message_id=request.message_id, user_id=user
+                        ),
+                        liked=False,
+                        like_count=reply.like_count,
+                    )
+                ),
+            )
+        return pb.UnlikeMessageResponse(like_count=reply.like_count)
+
+    # -- manage ----------------------------------------------------------------------------
+
+    async def ForwardMessage(
+        self, request: pb.ForwardMessageRequest, context: Context
+    ) -> pb.ForwardMessageResponse:
+        user = current_caller().user_id
+        require_id(request.device_id, "device_id")
+        await self._require_member(user, request.source.thread_id)
+        await self._require_member(user, request.target_thread_id)
+        reply = await self._headers.ForwardMessage(
+            header_pb.ForwardMessageRequest(
+                source=request.source,
+                target_thread_id=request.target_thread_id,
+                message_id=request.message_id,
+                sender_user_id=user,
+                sender_device_id=request.device_id,
+            )
+        )
+        self.relay.fan_out(
+            list(reply.member_user_ids),
+            _event(header_added=reply.header),
+            skip_device=(user, request.device_id),
+        )
+        return pb.ForwardMessageResponse(header=reply.header)
+
+    async def RecallMessage(
+        self, request: pb.RecallMessageRequest, context: Context
+    ) -> pb.RecallMessageResponse:
+        user = current_caller().user_id
+        await self._require_member(user, request.thread_id)
+        require_id(request.message_id, "message_id")
+        header = await self.relay.set_state(request.thread_id, request.message_id, RECALLED, user)
+        return pb.RecallMessageResponse(header=header)
+
+    async def DeleteMessage(
+        self, request: pb.DeleteMessageRequest, context: Context
+    ) -> pb.DeleteMessageResponse:
+        user = current_caller().user_id
+        await self._require_member(user, request.thread_id)
+        require_id(request.message_id, "message_id")
+        if request.scope == message_pb2.DELETE_SCOPE_FOR_EVERYONE:
+            header = await self.relay.set_state(
+                request.thread_id, request.message_id, DELETED, user
+            )
+        elif request.scope == message_pb2.DELETE_SCOPE_FOR_ME:
+            reply = await self._headers.HideMessage(
+                header_pb.HideMessageRequest(
+                    thread_id=request.thread_id, message_id=request.message_id, user_id=user
+                )
+            )
+            header = reply.header
+            self.relay.fan_out(
+                [user],
+                _event(
+                    message_state_changed=update_pb2.MessageStateChanged(
+                        header=header,
+                        previous_state=header.state,
+                        actor_user_id=user,
+                        for_me_only=True,
+                    )
+                ),
+            )
+        else:
+            raise InvalidArgument("scope must be DELETE_SCOPE_FOR_ME or DELETE_SCOPE_FOR_EVERYONE")
+        return pb.DeleteMessageResponse(header=header)
+
 
 fill_unbuilt_rpcs(
     NodeRouter,
     pb.DESCRIPTOR.services_by_name["RouterService"],
-    "store-and-stream (talk, listen live, catch up, time-shift)",
+    "the notification sender (presence, typing, push registration)",
 )
 
 
 def create_router_service(settings: Settings) -> ServiceParts:
     router = NodeRouter(settings)  # type: ignore[abstract]
     peer = RouterPeer()  # type: ignore[abstract]
+    verifier = TokenVerifier(settings.auth)
     return ServiceParts(
         [
             Registration(
@@ -55,4 +666,7 @@ def create_router_service(settings: Settings) -> ServiceParts:
             ),
         ],
         started_hooks=[router.bind],
+        startup_hooks=[router.open],
+        shutdown_hooks=[router.close],
+        interceptors=[AuthInterceptor(verifier, ["voxmesh.router.v1.RouterService"])],
     )

@@ -1,0 +1,408 @@
+"""Talk: a message from its sender to every target's devices (live) and to the stores (durable).
+
+The source router asks the thread's header node for the seq and the members, relays each
+chunk frame at once to the targets' home router (with one router per ring: this router's
+device hub), and streams the chunks to the message's body node, which acknowledges only what
+is durable (group commits). Nothing on the live path waits for storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from voxmesh.body.v1 import body_service_pb2 as body_pb
+from voxmesh.body.v1 import body_service_pb2_grpc as body_grpc
+from voxmesh.common.v1 import body_pb2, message_pb2, update_pb2
+from voxmesh.core.domain_errors import FailedPrecondition, InvalidArgument
+from voxmesh.core.ids import require_id
+from voxmesh.core.settings import Settings
+from voxmesh.core.structured_logging import get_logger
+from voxmesh.header.v1 import header_service_pb2 as header_pb
+from voxmesh.header.v1 import header_service_pb2_grpc as header_grpc
+from voxmesh.router.device_hub import DeviceHub
+from voxmesh.router.v1 import router_service_pb2 as pb
+
+_log = get_logger(__name__)
+
+LIVE = message_pb2.MESSAGE_STATE_LIVE
+COMPLETE = message_pb2.MESSAGE_STATE_COMPLETE
+ABANDONED = message_pb2.MESSAGE_STATE_ABANDONED
+RECALLED = message_pb2.MESSAGE_STATE_RECALLED
+DELETED = message_pb2.MESSAGE_STATE_DELETED
+
+
+@dataclass(eq=False)
+class LiveMessage:
+    """A message being recorded through this router."""
+
+    header: message_pb2.MessageHeader
+    targets: list[str]
+    sender_device: str
+    next_index: int = 0  # next chunk index to relay live
+    next_offset: int = 0
+    ended_reason: str | None = None  # set when recalled/deleted: stop relaying
+    cut_off: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def thread_id(self) -> str:
+        return self.header.thread_id
+
+    @property
+    def message_id(self) -> str:
+        return self.header.message_id
+
+
+def _event(**kwargs: object) -> update_pb2.UpdateEvent:
+    event = update_pb2.UpdateEvent(**kwargs)  # type: ignore[arg-type]
+    event.occurred_at.GetCurrentTime()
+    return event
+
+
+class MessageRelay:
+    def __init__(
+        self,
+        settings: Settings,
+        hub: DeviceHub,
+        headers: header_grpc.HeaderServiceAsyncStub,
+        bodies: body_grpc.BodyServiceAsyncStub,
+    ) -> None:
+        self._settings = settings
+        self._hub = hub
+        self._headers = headers
+        self._bodies = bodies
+        self._live: dict[str, LiveMessage] = {}
+        self._abandon_watch: dict[str, asyncio.Task[None]] = {}
+
+    # -- fan-out ---------------------------------------------------------------------------
+
+    def fan_out(
+        self,
+        user_ids: Sequence[str],
+        event: update_pb2.UpdateEvent,
+        skip_device: tuple[str, str] | None = None,
+    ) -> None:
+        # One router per ring for now: every target's home router is this one.
+        self._hub.deliver(user_ids, event, skip_device)
+
+    # -- start -----------------------------------------------------------------------------
+
+    def _validate_start(self, start: message_pb2.MessageStart, device_id: str) -> None:
+        require_id(start.message_id, "start.message_id")
+        require_id(start.thread_id, "start.thread_id")
+        require_id(device_id, "device_id")
+        if start.kind == message_pb2.MESSAGE_KIND_UNSPECIFIED:
+            raise InvalidArgument("start.kind is required")
+        if (
+            start.kind
+            in (
+                message_pb2.MESSAGE_KIND_VOICE,
+                message_pb2.MESSAGE_KIND_IMAGE,
+                message_pb2.MESSAGE_KIND_FILE,
+            )
+            and not start.content_type
+        ):
+            raise InvalidArgument("start.content_type is required for a message with a body")
+
+    async def start(
+        self, user_id: str, device_id: str, start: message_pb2.MessageStart
+    ) -> tuple[LiveMessage, int]:
+        """Header first (seq, members); returns the live message and its durable chunk count."""
+        self._validate_start(start, device_id)
+        reply = await self._headers.StartMessage(
+            header_pb.StartMessageRequest(
+                start=start, sender_user_id=user_id, sender_device_id=device_id
+            )
+        )
+        header = reply.header
+        live = self._live.get(header.message_id)
+        if live is None:
+            live = LiveMessage(header, list(reply.member_user_ids), device_id)
+        durable = 0
+        if not reply.created:
+            # A resume (or a retry): continue after what the body store already holds.
+            stat = await self._stat(header)
+            durable = stat.chunk_count
+            live.next_index = max(live.next_index, durable)
+            live.next_offset = max(live.next_offset, stat.size_bytes)
+        if header.state == LIVE:
+            self._live[header.message_id] = live
+            watch = self._abandon_watch.pop(header.message_id, None)
+            if watch is not None:
+                watch.cancel()
+        if reply.created:
+            self.fan_out(
+                live.targets,
+                _event(header_added=header),
+                skip_device=(user_id, device_id),
+            )
+        return live, durable
+
+    async def _stat(self, header: message_pb2.MessageHeader) -> body_pb2.BodyStat:
+        try:
+            reply = await self._bodies.StatBody(
+                body_pb.StatBodyRequest(thread_id=header.thread_id, message_id=header.message_id)
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return body_pb2.BodyStat()
+            raise
+        return reply.stat
+
+    # -- chunks ----------------------------------------------------------------------------
+
+    def relay_chunks(
+        self, live: LiveMessage, chunks: Sequence[body_pb2.Chunk]
+    ) -> list[body_pb2.Chunk]:
+        """Check chunks and relay the new ones live at once; returns the chunks to store."""
+        if live.ended_reason is not None:
+            raise FailedPrecondition(live.ended_reason)
+        limit = self._settings.limits.max_chunk_bytes
+        fresh: list[body_pb2.Chunk] = []
+        for chunk in chunks:
+            if len(chunk.payload) > limit:
+                raise InvalidArgument(
+                    f"chunk {chunk.index} is {len(chunk.payload)} bytes; the limit is {limit}"
+                )
+            if chunk.index > live.next_index:
+                raise InvalidArgument(
+                    f"chunk index gap in {live.message_id}: expected {live.next_index}, "
+                    f"got {chunk.index}"
+                )
+            if chunk.index == live.next_index:
+                fresh.append(chunk)
+                live.next_index += 1
+                live.next_offset = chunk.offset + len(chunk.payload)
+        if fresh:
+            self.fan_out(
+                live.targets,
+                _event(
+                    live_chunks=update_pb2.LiveChunks(
+                        thread_id=live.thread_id, message_id=live.message_id, chunks=fresh
+                    )
+                ),
+                skip_device=(live.header.sender_user_id, live.sender_device),
+            )
+        return list(chunks)  # the body store drops duplicates itself, checking their bytes
+
+    # -- end -------------------------------------------------------------------------------
+
+    async def complete(
+        self, live: LiveMessage, end: message_pb2.MessageEnd
+    ) -> message_pb2.MessageHeader:
+        """Body final (one object), then header complete, then tell every target."""
+        await self._bodies.FinishBody(
+            body_pb.FinishBodyRequest(
+                thread_id=live.thread_id,
+                message_id=live.message_id,
+                final_state=COMPLETE,
+                end=end,
+            )
+        )
+        reply = await self._headers.CompleteMessage(
+            header_pb.CompleteMessageRequest(
+                thread_id=live.thread_id, message_id=live.message_id, end=end
+            )
+        )
+        self._live.pop(live.message_id, None)
+        self.fan_out(
+            list(reply.member_user_ids) or live.targets,
+            _event(
+                message_state_changed=update_pb2.MessageStateChanged(
+                    header=reply.header,
+                    previous_state=LIVE,
+                    actor_user_id=live.header.sender_user_id,
+                )
+            ),
+        )
+        return reply.header
+
+    # -- Send (bidirectional) --------------------------------------------------------------
+
+    async def send(
+        self, user_id: str, frames: AsyncIterator[pb.SendRequest]
+    ) -> AsyncIterator[pb.SendResponse]:
+        try:
+            first = await anext(frames)
+        except StopAsyncIteration:
+            raise InvalidArgument("Send needs a first frame carrying `start`") from None
+        if not first.HasField("start"):
+            raise InvalidArgument("the first Send frame must carry `start`")
+        live, durable = await self.start(user_id, first.device_id, first.start)
+        if live.header.sender_user_id != user_id:
+            raise FailedPrecondition("message id belongs to another sender")
+        yield pb.SendResponse(
+            accepted=pb.SendAccepted(header=live.header, durable_chunk_count=durable)
+        )
+        if live.header.state != LIVE:
+            if live.header.state == COMPLETE:
+                yield pb.SendResponse(completed=pb.SendCompleted(header=live.header))
+                return
+            raise FailedPrecondition(
+                f"message {live.message_id} is {message_pb2.MessageState.Name(live.header.state)}"
+            )
+        if first.resume_from_index > durable:
+            raise InvalidArgument(
+                f"resume_from_index {first.resume_from_index} is past the durable chunk count "
+                f"{durable}: resend from {durable}"
+            )
+
+        out: asyncio.Queue[pb.SendResponse | BaseException | None] = asyncio.Queue()
+        # Written to as frames arrive (the stubs only know the iterator form).
+        body_call = self._bodies.AppendChunks()  # type: ignore[call-arg]
+        content_type = live.header.content_type
+        acks_done = asyncio.Event()
+
+        async def pump_acks() -> None:
+            try:
+                async for reply in body_call:
+                    for ack in reply.acks:
+                        if ack.message_id == live.message_id:
+                            await out.put(pb.SendResponse(ack=ack))
+            except BaseException as exc:
+                if not isinstance(exc, asyncio.CancelledError):
+                    await out.put(exc)
+                raise
+            finally:
+                acks_done.set()
+
+        async def write(chunks: Sequence[body_pb2.Chunk]) -> None:
+            nonlocal content_type
+            await body_call.write(
+                body_pb.AppendChunksRequest(
+                    thread_id=live.thread_id,
+                    message_id=live.message_id,
+                    content_type=content_type,
+                    chunks=chunks,
+                )
+            )
+            content_type = ""
+
+        async def pump_frames() -> None:
+            ended = False
+            try:
+                frame: pb.SendRequest | None = first
+                while frame is not None:
+                    if frame.chunks:
+                        await write(self.relay_chunks(live, frame.chunks))
+                    if frame.HasField("end"):
+                        ended = True
+                        break
+                    frame = await anext(frames, None)
+                await body_call.done_writing()
+                await acks_done.wait()
+                if ended:
+                    header = await self.complete(
+                        live, frame.end if frame else message_pb2.MessageEnd()
+                    )
+                    await out.put(pb.SendResponse(completed=pb.SendCompleted(header=header)))
+                else:
+                    self.watch_for_abandonment(live)
+                await out.put(None)
+            except BaseException as exc:
+                if not isinstance(exc, asyncio.CancelledError):
+                    await out.put(exc)
+                raise
+
+        tasks = [asyncio.create_task(pump_acks()), asyncio.create_task(pump_frames())]
+        cut_off = asyncio.create_task(live.cut_off.wait())
+        try:
+            while True:
+                getter = asyncio.create_task(out.get())
+                done, _ = await asyncio.wait({getter, cut_off}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    raise FailedPrecondition(live.ended_reason or "message ended")
+                item = getter.result()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cut_off.cancel()
+            for task in tasks:
+                task.cancel()
+            if live.header.state == LIVE and live.message_id in self._live and not tasks[1].done():
+                # The sender vanished mid-message: it may resume; otherwise it is abandoned.
+                self.watch_for_abandonment(live)
+            body_call.cancel()
+
+    # -- abandonment -----------------------------------------------------------------------
+
+    def watch_for_abandonment(self, live: LiveMessage) -> None:
+        if live.message_id in self._abandon_watch:
+            return
+        self._abandon_watch[live.message_id] = asyncio.create_task(self._abandon_later(live))
+
+    async def _abandon_later(self, live: LiveMessage) -> None:
+        """After the abandon timeout with no resume, keep what arrived and mark it abandoned."""
+        try:
+            await asyncio.sleep(self._settings.body_store.abandon_after_s)
+            self._live.pop(live.message_id, None)
+            stat = await self._stat(live.header)
+            if stat.state not in (message_pb2.MESSAGE_STATE_UNSPECIFIED, LIVE, ABANDONED):
+                return  # completed, recalled or deleted meanwhile
+            await self._bodies.FinishBody(
+                body_pb.FinishBodyRequest(
+                    thread_id=live.thread_id, message_id=live.message_id, final_state=ABANDONED
+                )
+            )
+            await self.set_state(
+                live.thread_id, live.message_id, ABANDONED, live.header.sender_user_id
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _log.exception("abandoning failed", message_id=live.message_id)
+        finally:
+            self._abandon_watch.pop(live.message_id, None)
+
+    # -- state changes ---------------------------------------------------------------------
+
+    async def set_state(
+        self, thread_id: str, message_id: str, state: message_pb2.MessageState.ValueType, actor: str
+    ) -> message_pb2.MessageHeader:
+        """Header state change (recall, delete, abandon), body side effects, and fan-out."""
+        reply = await self._headers.SetMessageState(
+            header_pb.SetMessageStateRequest(
+                thread_id=thread_id, message_id=message_id, state=state, actor_user_id=actor
+            )
+        )
+        header = reply.header
+        if state in (RECALLED, DELETED):
+            live = self._live.pop(message_id, None)
+            if live is not None:
+                live.ended_reason = (
+                    f"message {message_id} was {message_pb2.MessageState.Name(state)}"
+                )
+                live.cut_off.set()
+            body = header.body if header.HasField("body") else None
+            # A forward shares its source's body: only the original's own body is deleted.
+            if body is None or not body.message_id or body.message_id == message_id:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await self._bodies.DeleteBody(
+                        body_pb.DeleteBodyRequest(
+                            thread_id=thread_id, message_id=message_id, reason=state
+                        )
+                    )
+        self.fan_out(
+            list(reply.member_user_ids),
+            _event(
+                message_state_changed=update_pb2.MessageStateChanged(
+                    header=header, previous_state=reply.previous_state, actor_user_id=actor
+                )
+            ),
+        )
+        return header
+
+    def live_message(self, message_id: str) -> LiveMessage | None:
+        return self._live.get(message_id)
+
+    async def close(self) -> None:
+        for task in list(self._abandon_watch.values()):
+            task.cancel()

@@ -1,0 +1,127 @@
+"""The per-device updates stream: replay from a cursor, then live events, with no gap.
+
+The device is registered with the hub *before* the replay, so anything that happens while
+the header store is being read is queued, not lost; events may then arrive twice, and
+clients apply them idempotently (by message id and state, chunk index, thread id). The
+cursor a frame carries is the header store's timeline cursor of the last completed replay
+or re-sync: resuming from it replays every durable event after it. Live audio missed while
+disconnected is read from the body store (ReadBody), not replayed here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from voxmesh.common.v1 import thread_pb2, update_pb2
+from voxmesh.core.domain_errors import Aborted, ResourceExhausted
+from voxmesh.core.ids import require_id
+from voxmesh.core.settings import UpdatesSettings
+from voxmesh.header.v1 import header_service_pb2 as header_pb
+from voxmesh.header.v1 import header_service_pb2_grpc as header_grpc
+from voxmesh.router.device_hub import DeviceHub
+from voxmesh.router.message_relay import _event
+from voxmesh.router.v1 import router_service_pb2 as pb
+
+_REPLAY_PAGE = 200
+
+
+class UpdatesStreamer:
+    def __init__(
+        self, settings: UpdatesSettings, hub: DeviceHub, headers: header_grpc.HeaderServiceAsyncStub
+    ) -> None:
+        self._settings = settings
+        self._hub = hub
+        self._headers = headers
+
+    async def _replay(
+        self, user: str, device: str, cursor: str
+    ) -> AsyncIterator[tuple[list[update_pb2.UpdateEvent], str]]:
+        """Pages of durable events after ``cursor``; the last page carries the new cursor."""
+        token = ""
+        while True:
+            reply = await self._headers.ListTimeline(
+                header_pb.ListTimelineRequest(
+                    user_id=user,
+                    device_id=device,
+                    cursor=cursor,
+                    page_size=_REPLAY_PAGE,
+                    page_token=token,
+                )
+            )
+            events = [
+                _event(
+                    thread_changed=update_pb2.ThreadChanged(
+                        change=update_pb2.THREAD_CHANGE_KIND_UPDATED, thread=thread
+                    )
+                )
+                for thread in reply.threads
+            ]
+            events += [_event(header_updated=header) for header in reply.headers]
+            events += [
+                _event(
+                    thread_changed=update_pb2.ThreadChanged(
+                        change=update_pb2.THREAD_CHANGE_KIND_MEMBER_REMOVED,
+                        thread=thread_pb2.Thread(thread_id=thread_id),
+                        user_ids=[user],
+                    )
+                )
+                for thread_id in reply.removed_thread_ids
+            ]
+            token = reply.next_page_token
+            if not token:
+                yield events, reply.next_cursor or cursor
+                return
+            yield events, cursor  # mid-listing: resuming replays the listing from the start
+
+    async def stream(
+        self, user: str, device_id: str, cursor: str
+    ) -> AsyncIterator[pb.UpdatesResponse]:
+        require_id(device_id, "device_id")
+        stream = self._hub.connect(user, device_id)
+        try:
+            if not cursor:  # the device's acknowledged cursor (an empty ack changes nothing)
+                acked = await self._headers.AckTimeline(
+                    header_pb.AckTimelineRequest(user_id=user, device_id=device_id, cursor="")
+                )
+                cursor = acked.cursor
+            replayed = 0
+            async for events, page_cursor in self._replay(user, device_id, cursor):
+                replayed += len(events)
+                if events:
+                    yield pb.UpdatesResponse(events=events, cursor=page_cursor)
+                cursor = page_cursor
+            yield pb.UpdatesResponse(
+                events=[_event(caught_up=update_pb2.CaughtUp(replayed_event_count=replayed))],
+                cursor=cursor,
+            )
+            last_sent = last_sync = time.monotonic()
+            while True:
+                now = time.monotonic()
+                wait = min(
+                    self._settings.heartbeat_s - (now - last_sent),
+                    self._settings.resync_s - (now - last_sync),
+                )
+                batch = await stream.next_batch(max(wait, 0.0))
+                if stream.closed_reason is not None and not batch:
+                    if "newer" in stream.closed_reason:
+                        raise Aborted(stream.closed_reason)
+                    raise ResourceExhausted(stream.closed_reason)
+                now = time.monotonic()
+                if now - last_sync >= self._settings.resync_s:
+                    # Re-sync the cursor: anything durable a live hand-off missed comes now.
+                    new_cursor = cursor
+                    async for events, new_cursor in self._replay(user, device_id, cursor):  # noqa: B007
+                        batch += events
+                    cursor = new_cursor
+                    last_sync = now
+                if batch:
+                    yield pb.UpdatesResponse(events=batch, cursor=cursor)
+                    last_sent = now
+                elif now - last_sent >= self._settings.heartbeat_s:
+                    heartbeat = update_pb2.Heartbeat()
+                    heartbeat.server_time.GetCurrentTime()
+                    yield pb.UpdatesResponse(events=[_event(heartbeat=heartbeat)], cursor=cursor)
+                    last_sent = now
+        finally:
+            self._hub.disconnect(stream)
