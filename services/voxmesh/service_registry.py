@@ -42,4 +42,5 @@ def build_runner(
         started_hooks=parts.started_hooks,
         startup_hooks=parts.startup_hooks,
         shutdown_hooks=parts.shutdown_hooks,
+        interceptors=parts.interceptors,
     )
