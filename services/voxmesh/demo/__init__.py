@@ -1,0 +1,1 @@
+"""`voxmesh demo`: a scripted conversation with real speech over the running stack."""
