@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
-from voxmesh.common.v1 import body_pb2, message_pb2, thread_pb2
+from voxmesh.common.v1 import body_pb2, message_pb2, thread_pb2, update_pb2
 from voxmesh.router.v1 import router_service_pb2 as pb
 
 from tests.voxmesh_client import Device, collect_updates, send_voice, uuid7, voice_chunks
@@ -183,9 +183,17 @@ async def test_updates_stream_resumes_from_its_cursor_with_no_gap(devices: MakeD
         pb.SendTextRequest(message_id=first_text, thread_id=thread, device_id="web", text="one"),
     )
     cursor = ""
+
+    def mentions_first(event: update_pb2.UpdateEvent) -> bool:
+        for name in ("header_added", "header_updated"):
+            if event.HasField(name) and getattr(event, name).message_id == first_text:
+                return True
+        changed = event.message_state_changed
+        return event.HasField("message_state_changed") and changed.header.message_id == first_text
+
     async for frame in updates:
         cursor = frame.cursor
-        if any(e.HasField("message_state_changed") for e in frame.events):
+        if any(mentions_first(e) for e in frame.events):
             break
     updates.cancel()
 

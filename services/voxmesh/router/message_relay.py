@@ -18,7 +18,7 @@ import grpc
 from voxmesh.body.v1 import body_service_pb2 as body_pb
 from voxmesh.body.v1 import body_service_pb2_grpc as body_grpc
 from voxmesh.common.v1 import body_pb2, message_pb2, update_pb2
-from voxmesh.core.domain_errors import FailedPrecondition, InvalidArgument
+from voxmesh.core.domain_errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from voxmesh.core.ids import require_id
 from voxmesh.core.settings import Settings
 from voxmesh.core.structured_logging import get_logger
@@ -119,6 +119,8 @@ class MessageRelay:
             )
         )
         header = reply.header
+        if not reply.created and header.sender_user_id != user_id:
+            raise PermissionDenied(f"message {header.message_id} belongs to another sender")
         live = self._live.get(header.message_id)
         if live is None:
             live = LiveMessage(header, list(reply.member_user_ids), device_id)
@@ -233,8 +235,6 @@ class MessageRelay:
         if not first.HasField("start"):
             raise InvalidArgument("the first Send frame must carry `start`")
         live, durable = await self.start(user_id, first.device_id, first.start)
-        if live.header.sender_user_id != user_id:
-            raise FailedPrecondition("message id belongs to another sender")
         yield pb.SendResponse(
             accepted=pb.SendAccepted(header=live.header, durable_chunk_count=durable)
         )
@@ -308,6 +308,7 @@ class MessageRelay:
                     await out.put(exc)
                 raise
 
+        completed = False
         tasks = [asyncio.create_task(pump_acks()), asyncio.create_task(pump_frames())]
         cut_off = asyncio.create_task(live.cut_off.wait())
         try:
@@ -322,15 +323,17 @@ class MessageRelay:
                     return
                 if isinstance(item, BaseException):
                     raise item
+                completed = item.HasField("completed")
                 yield item
         finally:
             cut_off.cancel()
             for task in tasks:
                 task.cancel()
-            if live.header.state == LIVE and live.message_id in self._live and not tasks[1].done():
-                # The sender vanished mid-message: it may resume; otherwise it is abandoned.
-                self.watch_for_abandonment(live)
             body_call.cancel()
+            if not completed:
+                # The sender vanished or failed mid-message: it may resume; if it does not,
+                # the message is abandoned with what arrived.
+                self.watch_for_abandonment(live)
 
     # -- abandonment -----------------------------------------------------------------------
 
@@ -340,18 +343,28 @@ class MessageRelay:
         self._abandon_watch[live.message_id] = asyncio.create_task(self._abandon_later(live))
 
     async def _abandon_later(self, live: LiveMessage) -> None:
-        """After the abandon timeout with no resume, keep what arrived and mark it abandoned."""
+        """After the abandon timeout with no resume, keep what arrived and mark it abandoned.
+
+        The header's state decides: a message completed, recalled or deleted meanwhile (or
+        resumed, which cancels this watch) is left alone.
+        """
         try:
             await asyncio.sleep(self._settings.body_store.abandon_after_s)
             self._live.pop(live.message_id, None)
-            stat = await self._stat(live.header)
-            if stat.state not in (message_pb2.MESSAGE_STATE_UNSPECIFIED, LIVE, ABANDONED):
-                return  # completed, recalled or deleted meanwhile
-            await self._bodies.FinishBody(
-                body_pb.FinishBodyRequest(
-                    thread_id=live.thread_id, message_id=live.message_id, final_state=ABANDONED
-                )
+            current = await self._headers.GetMessage(
+                header_pb.GetMessageRequest(thread_id=live.thread_id, message_id=live.message_id)
             )
+            if current.header.state != LIVE:
+                return
+            try:
+                await self._bodies.FinishBody(
+                    body_pb.FinishBodyRequest(
+                        thread_id=live.thread_id, message_id=live.message_id, final_state=ABANDONED
+                    )
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:  # no chunk ever arrived: no body
+                    raise
             await self.set_state(
                 live.thread_id, live.message_id, ABANDONED, live.header.sender_user_id
             )
