@@ -133,12 +133,16 @@ async def send_voice(
     responses.append(first)
     begin = first.accepted.durable_chunk_count if resume else 0
 
+    acked = asyncio.Event()
+
     async def read_acks() -> None:
         while True:
             response = await call.read()
             if response is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
             responses.append(response)
+            if response.HasField("ack") and response.ack.durable_chunk_count:
+                acked.set()
             if response.HasField("ack") and acked_at is not None:
                 now = time.perf_counter()
                 for index in range(response.ack.durable_chunk_count):
@@ -149,13 +153,17 @@ async def send_voice(
     count = 0
     for chunk in pending:
         if stop_after is not None and count >= stop_after:
-            await asyncio.sleep(0.3)  # let some acks arrive, then vanish
+            await asyncio.wait_for(acked.wait(), 30)  # something is durable; now vanish
             call.cancel()
             reader.cancel()
             return responses
         if sent_at is not None:
             sent_at[chunk.index] = time.perf_counter()
-        await call.write(pb.SendRequest(chunks=[chunk]))
+        try:
+            await call.write(pb.SendRequest(chunks=[chunk]))
+        except asyncio.InvalidStateError:
+            await reader  # the server ended the call: raise its status (AioRpcError)
+            raise
         count += 1
         if on_sent is not None:
             on_sent(chunk.index)

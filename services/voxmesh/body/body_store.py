@@ -1,31 +1,232 @@
-"""BodyService: message bodies as ordered chunks (Cloud Storage / local files)."""
+"""BodyService: message bodies as ordered chunks (Cloud Storage / local files).
+
+A thin servicer: it converts protobuf to the domain's types and back; the logic, the checks
+and the errors are ``BodyDomain``'s (domain errors become statuses in the error interceptor).
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from voxmesh.body.body_domain import BodyDomain, BodyLimits
+from voxmesh.body.body_model import (
+    BodyState,
+    BodyStatus,
+    ChunkLike,
+    DurablePosition,
+    EndTotals,
+    ReadChunks,
+    ReadEnd,
+    ReadStat,
+)
+from voxmesh.body.body_storage import BodyStorage
+from voxmesh.body.file_body_storage import FileBodyStorage
+from voxmesh.body.gcs_body_storage import GcsBodyStorage
 from voxmesh.body.v1 import body_service_pb2 as pb
 from voxmesh.body.v1 import body_service_pb2_grpc as pb_grpc
+from voxmesh.common.v1 import body_pb2 as body_pb
+from voxmesh.common.v1 import message_pb2 as message_pb
+from voxmesh.core.domain_errors import InvalidArgument
 from voxmesh.core.service_runner import Registration, ServiceParts
 from voxmesh.core.settings import Settings
-from voxmesh.core.unbuilt_rpcs import fill_unbuilt_rpcs
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_TO_PROTO = {
+    BodyState.LIVE: message_pb.MESSAGE_STATE_LIVE,
+    BodyState.COMPLETE: message_pb.MESSAGE_STATE_COMPLETE,
+    BodyState.ABANDONED: message_pb.MESSAGE_STATE_ABANDONED,
+    BodyState.RECALLED: message_pb.MESSAGE_STATE_RECALLED,
+    BodyState.DELETED: message_pb.MESSAGE_STATE_DELETED,
+}
+_FROM_PROTO: dict[int, BodyState] = {int(value): key for key, value in _TO_PROTO.items()}
+
+
+def _state(value: int, field: str) -> BodyState:
+    state = _FROM_PROTO.get(int(value))
+    if state is None:
+        raise InvalidArgument(f"{field} is required")
+    return state
+
+
+def _duration(ms: int | None) -> Duration | None:
+    if ms is None:
+        return None
+    duration = Duration()
+    duration.FromMilliseconds(ms)
+    return duration
+
+
+def _ack(position: DurablePosition) -> body_pb.DurableAck:
+    return body_pb.DurableAck(
+        thread_id=position.thread_id,
+        message_id=position.message_id,
+        durable_chunk_count=position.chunk_count,
+        durable_size_bytes=position.size_bytes,
+    )
+
+
+def _stat(status: BodyStatus) -> body_pb.BodyStat:
+    return body_pb.BodyStat(
+        thread_id=status.thread_id,
+        message_id=status.message_id,
+        state=_TO_PROTO[status.state],
+        content_type=status.content_type,
+        chunk_count=status.chunk_count,
+        size_bytes=status.size_bytes,
+        live_edge_index=status.live_edge_index,
+        duration=_duration(status.duration_ms),
+    )
+
+
+def _chunks(chunks: Sequence[ChunkLike]) -> list[body_pb.Chunk]:
+    # Chunks from the live tail are the senders' own Chunk messages: no rebuilding.
+    return [
+        c
+        if isinstance(c, body_pb.Chunk)
+        else body_pb.Chunk(
+            index=c.index, offset=c.offset, media_time_ms=c.media_time_ms, payload=c.payload
+        )
+        for c in chunks
+    ]
+
+
+def _end(end: ReadEnd) -> body_pb.BodyEnd:
+    return body_pb.BodyEnd(
+        state=_TO_PROTO[end.state],
+        chunk_count=end.chunk_count,
+        size_bytes=end.size_bytes,
+        duration=_duration(end.duration_ms),
+    )
 
 
 class BodyStore(pb_grpc.BodyServiceServicer):
-    pass
+    def __init__(self, domain: BodyDomain) -> None:
+        self._domain = domain
+
+    async def AppendChunks(
+        self, request_iterator: AsyncIterator[pb.AppendChunksRequest], context: Context
+    ) -> AsyncIterator[pb.AppendChunksResponse]:
+        domain = self._domain
+        sink = domain.open_sink()
+
+        async def take_frames() -> None:
+            try:
+                async for frame in request_iterator:
+                    await domain.append(
+                        frame.thread_id, frame.message_id, frame.content_type, frame.chunks, sink
+                    )
+            finally:
+                sink.wake()
+
+        reader = asyncio.get_running_loop().create_task(take_frames())
+        try:
+            while True:
+                await sink.changed()
+                acks = sink.take()
+                if acks:
+                    yield pb.AppendChunksResponse(acks=[_ack(a) for a in acks])
+                if sink.error is not None:
+                    raise sink.error
+                if reader.done():
+                    reader.result()  # a refused frame ends the stream with its status
+                    if not sink.outstanding:
+                        return
+        finally:
+            reader.cancel()
+            domain.close_sink(sink)
+
+    async def AppendChunksBatch(
+        self, request: pb.AppendChunksBatchRequest, context: Context
+    ) -> pb.AppendChunksBatchResponse:
+        position = await self._domain.append_durable(
+            request.thread_id, request.message_id, request.content_type, request.chunks
+        )
+        return pb.AppendChunksBatchResponse(ack=_ack(position))
+
+    async def FinishBody(
+        self, request: pb.FinishBodyRequest, context: Context
+    ) -> pb.FinishBodyResponse:
+        state = _state(request.final_state, "final_state")
+        end = request.end
+        totals = (
+            EndTotals(
+                chunk_count=end.chunk_count,
+                size_bytes=end.size_bytes or None,
+                duration_ms=end.duration.ToMilliseconds() if end.HasField("duration") else None,
+            )
+            if request.HasField("end")
+            else None
+        )
+        status = await self._domain.finish(request.thread_id, request.message_id, state, totals)
+        return pb.FinishBodyResponse(stat=_stat(status))
+
+    async def ReadChunks(
+        self, request: pb.ReadChunksRequest, context: Context
+    ) -> AsyncIterator[pb.ReadChunksResponse]:
+        events = self._domain.read(
+            request.thread_id,
+            request.message_id,
+            from_index=request.from_index,
+            from_live_edge=request.origin == body_pb.READ_ORIGIN_LIVE_EDGE,
+            stored_only=request.stored_only,
+        )
+        async for event in events:
+            if isinstance(event, ReadChunks):
+                yield pb.ReadChunksResponse(
+                    chunks=body_pb.BodyChunks(chunks=_chunks(event.chunks), live=event.live)
+                )
+            elif isinstance(event, ReadStat):
+                yield pb.ReadChunksResponse(stat=_stat(event.status))
+            else:
+                yield pb.ReadChunksResponse(end=_end(event))
+
+    async def ReadRange(
+        self, request: pb.ReadRangeRequest, context: Context
+    ) -> pb.ReadRangeResponse:
+        read = await self._domain.read_range(
+            request.thread_id, request.message_id, request.offset, request.length
+        )
+        return pb.ReadRangeResponse(
+            content_type=read.content_type,
+            offset=read.offset,
+            data=read.data,
+            total_size_bytes=read.total_size_bytes,
+        )
+
+    async def DeleteBody(
+        self, request: pb.DeleteBodyRequest, context: Context
+    ) -> pb.DeleteBodyResponse:
+        reason = _state(request.reason, "reason")
+        deleted, cut_off = await self._domain.delete(request.thread_id, request.message_id, reason)
+        return pb.DeleteBodyResponse(deleted=deleted, readers_cut_off=cut_off)
+
+    async def StatBody(self, request: pb.StatBodyRequest, context: Context) -> pb.StatBodyResponse:
+        status = await self._domain.stat(request.thread_id, request.message_id)
+        return pb.StatBodyResponse(stat=_stat(status))
 
 
-fill_unbuilt_rpcs(
-    BodyStore,
-    pb.DESCRIPTOR.services_by_name["BodyService"],
-    "store-and-stream (body store on Cloud Storage)",
-)
+def open_body_storage(settings: Settings) -> BodyStorage:
+    """The storage adapter of ``settings.stores.backend`` (the bucket is provisioned already)."""
+    if settings.stores.backend == "google":
+        return GcsBodyStorage(settings.gcs.project, settings.gcs.bucket)
+    return FileBodyStorage(settings.files_root)
 
 
 def create_body_service(settings: Settings) -> ServiceParts:
-    servicer = BodyStore()  # type: ignore[abstract]
+    domain = BodyDomain(open_body_storage(settings), BodyLimits.from_settings(settings))
+    servicer = BodyStore(domain)
     return ServiceParts(
         [
             Registration(
                 "voxmesh.body.v1.BodyService", servicer, pb_grpc.add_BodyServiceServicer_to_server
             )
-        ]
+        ],
+        startup_hooks=[domain.start],
+        shutdown_hooks=[domain.close],
     )
