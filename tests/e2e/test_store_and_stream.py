@@ -398,3 +398,56 @@ async def test_marks_reach_the_users_other_devices(devices: MakeDevice) -> None:
     events = await asyncio.wait_for(collect_updates(laptop, lambda e: e.HasField("mark")), 10)
     laptop.cancel()
     assert events[-1].mark.message_id == message_id and events[-1].mark.device_id == "phone"
+
+
+async def test_forward_shares_the_body_and_likes_reach_members(devices: MakeDevice) -> None:
+    alice, bob, carol = await devices("alice"), await devices("bob"), await devices("carol")
+    source_thread = await _group(alice, bob, title="source")
+    target_thread = await _group(alice, carol, title="target")
+    chunks = voice_chunks(50, seed="revox")
+    original = uuid7()
+    await send_voice(alice, source_thread, original, chunks)
+
+    forwarded = await alice.call(
+        "ForwardMessage",
+        pb.ForwardMessageRequest(
+            source=message_pb2.MessageRef(thread_id=source_thread, message_id=original),
+            target_thread_id=target_thread,
+            message_id=uuid7(),
+            device_id="phone",
+        ),
+    )
+    header = forwarded.header
+    assert header.thread_id == target_thread
+    assert header.forwarded_from.message_id == original
+    # Carol reads the forward (the original's bytes, not a copy) but not the original.
+    body = await carol.call(
+        "ReadBodyRange",
+        pb.ReadBodyRangeRequest(thread_id=target_thread, message_id=header.message_id),
+    )
+    assert body.data == _audio(chunks)
+    streamed, end = await carol.read_body(target_thread, header.message_id)
+    assert _audio(streamed) == _audio(chunks)
+    assert end.end.state == message_pb2.MESSAGE_STATE_COMPLETE
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await carol.call(
+            "ReadBodyRange", pb.ReadBodyRangeRequest(thread_id=source_thread, message_id=original)
+        )
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    alice_updates = alice.updates()
+    await _wait_caught_up(alice_updates)
+    liked = await carol.call(
+        "LikeMessage", pb.LikeMessageRequest(thread_id=target_thread, message_id=header.message_id)
+    )
+    assert liked.like_count == 1
+    again = await carol.call(
+        "LikeMessage", pb.LikeMessageRequest(thread_id=target_thread, message_id=header.message_id)
+    )
+    assert again.like_count == 1  # idempotent
+    events = await asyncio.wait_for(
+        collect_updates(alice_updates, lambda e: e.HasField("like_changed")), 10
+    )
+    alice_updates.cancel()
+    assert events[-1].like_changed.like.user_id == carol.user_id
+    assert events[-1].like_changed.like_count == 1

@@ -103,6 +103,13 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         )
         return reply.header
 
+    async def _body_of(self, user_id: str, thread_id: str, message_id: str) -> tuple[str, str]:
+        """Where a message's bytes live: its own body, or the original's for a forward."""
+        header = await self._header(user_id, thread_id, message_id)
+        if header.body.message_id:
+            return header.body.thread_id, header.body.message_id
+        return header.thread_id, header.message_id
+
     def _thread_changed(
         self,
         thread: thread_pb2.Thread,
@@ -249,12 +256,11 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self, request: pb.ReadBodyRequest, context: Context
     ) -> AsyncIterator[pb.ReadBodyResponse]:
         user = current_caller().user_id
-        header = await self._header(user, request.thread_id, request.message_id)
-        source = header.body if header.body.message_id else None
+        thread_id, message_id = await self._body_of(user, request.thread_id, request.message_id)
         call = self._bodies.ReadChunks(
             body_pb.ReadChunksRequest(
-                thread_id=source.thread_id if source else header.thread_id,
-                message_id=source.message_id if source else header.message_id,
+                thread_id=thread_id,
+                message_id=message_id,
                 origin=request.origin,
                 from_index=request.from_index,
                 stored_only=request.stored_only,
@@ -268,12 +274,11 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self, request: pb.ReadBodyRangeRequest, context: Context
     ) -> pb.ReadBodyRangeResponse:
         user = current_caller().user_id
-        header = await self._header(user, request.thread_id, request.message_id)
-        source = header.body if header.body.message_id else None
+        thread_id, message_id = await self._body_of(user, request.thread_id, request.message_id)
         reply = await self._bodies.ReadRange(
             body_pb.ReadRangeRequest(
-                thread_id=source.thread_id if source else header.thread_id,
-                message_id=source.message_id if source else header.message_id,
+                thread_id=thread_id,
+                message_id=message_id,
                 offset=request.offset,
                 length=request.length,
             )
