@@ -147,7 +147,7 @@ def serve(
 
     settings = _settings()
     configure_logging(settings.log, kind)
-    runner = build_runner(kind, settings, port=port)
+    runner = build_runner(kind, settings, port=port, join_ring=True)
     uvloop.run(runner.serve_until_signalled())
 
 

@@ -7,6 +7,7 @@ the `type: ignore[abstract]` on such classes' construction in the factories).
 
 from __future__ import annotations
 
+from voxmesh.core.ring_membership import RingMembership
 from voxmesh.core.service_runner import ServiceParts, ServiceRunner
 from voxmesh.core.settings import ServiceKind, Settings
 
@@ -30,9 +31,19 @@ def service_parts(kind: ServiceKind, settings: Settings) -> ServiceParts:
 
 
 def build_runner(
-    kind: ServiceKind, settings: Settings, port: int | None = None, metrics_port: int | None = None
+    kind: ServiceKind,
+    settings: Settings,
+    port: int | None = None,
+    metrics_port: int | None = None,
+    join_ring: bool = False,
 ) -> ServiceRunner:
+    """A runner for ``kind``; with ``join_ring`` it registers in etcd (keeps retrying)."""
     parts = service_parts(kind, settings)
+    # A router watches the rings in any case (its own membership object); registering is
+    # what `voxmesh serve` asks for, not in-process test servers.
+    membership = parts.membership
+    if membership is None and join_ring:
+        membership = RingMembership(settings, ())
     return ServiceRunner(
         kind,
         settings,
@@ -43,4 +54,6 @@ def build_runner(
         startup_hooks=parts.startup_hooks,
         shutdown_hooks=parts.shutdown_hooks,
         interceptors=parts.interceptors,
+        membership=membership,
+        register_in_ring=join_ring,
     )

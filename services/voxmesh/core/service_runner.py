@@ -18,6 +18,7 @@ import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from voxmesh.core.ring_membership import Member, RingMembership
 from voxmesh.core.rpc_interceptors import (
     AroundInterceptor,
     ErrorMappingInterceptor,
@@ -56,6 +57,8 @@ class ServiceParts:
     shutdown_hooks: list[LifecycleHook] = field(default_factory=list)
     # Run inside the error mapping (so their domain errors become statuses), e.g. auth.
     interceptors: list[AroundInterceptor] = field(default_factory=list)
+    # The service's ring membership, if it watches rings; else the runner registers it alone.
+    membership: RingMembership | None = None
 
 
 @dataclass
@@ -71,6 +74,10 @@ class ServiceRunner:
     shutdown_hooks: list[LifecycleHook] = field(default_factory=list)
     # Run inside the error mapping (so their domain errors become statuses), e.g. auth.
     interceptors: list[AroundInterceptor] = field(default_factory=list)
+    # Registered in etcd once serving, left first on drain; None = not in any ring (tests).
+    membership: RingMembership | None = None
+    # False: watch the rings (a router must) without registering this process in them.
+    register_in_ring: bool = True
 
     def __post_init__(self) -> None:
         self._server: grpc.aio.Server | None = None
@@ -135,6 +142,9 @@ class ServiceRunner:
         self._server = server
         for name in ["", *self.service_names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.membership is not None:
+            me = Member(self.kind, self.node_id, self.address, self.settings.zone)
+            await self.membership.start(me if self.register_in_ring else None)
         _log.info(
             "serving",
             kind=self.kind,
@@ -150,6 +160,8 @@ class ServiceRunner:
             return
         grace = self.settings.service(self.kind).drain_grace_s if grace_s is None else grace_s
         _log.info("draining", grace_s=grace)
+        if self.membership is not None:
+            await self.membership.leave()  # first: new traffic goes elsewhere from now on
         for hook in self.drain_hooks:
             await hook()
         await self._health.enter_graceful_shutdown()
@@ -159,6 +171,8 @@ class ServiceRunner:
             self._metrics_server.server_close()
         for shutdown in self.shutdown_hooks:
             await shutdown()
+        if self.membership is not None:
+            await self.membership.close()
         self._stopped.set()
         _log.info("stopped")
 

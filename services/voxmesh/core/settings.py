@@ -109,6 +109,14 @@ class BodyStoreSettings:
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class RingSettings:
+    lease_ttl_s: Annotated[int, pydantic.Field(ge=2)]
+    vnodes: Annotated[int, pydantic.Field(gt=0)]
+    preference_list_size: Annotated[int, pydantic.Field(gt=0)]
+    suspect_s: Annotated[float, pydantic.Field(gt=0)]
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
 class UpdatesSettings:
     queue_max: Annotated[int, pydantic.Field(gt=0)]
     heartbeat_s: Annotated[float, pydantic.Field(gt=0)]
@@ -148,6 +156,7 @@ class Settings:
     body_store: BodyStoreSettings
     auth: AuthSettings
     updates: UpdatesSettings
+    rings: RingSettings
 
     @property
     def sqlite_path(self) -> Path:

@@ -16,15 +16,17 @@ from dataclasses import dataclass, field
 import grpc
 
 from voxmesh.body.v1 import body_service_pb2 as body_pb
-from voxmesh.body.v1 import body_service_pb2_grpc as body_grpc
 from voxmesh.common.v1 import body_pb2, message_pb2, update_pb2
 from voxmesh.core.domain_errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from voxmesh.core.ids import require_id
 from voxmesh.core.settings import Settings
 from voxmesh.core.structured_logging import get_logger
 from voxmesh.header.v1 import header_service_pb2 as header_pb
-from voxmesh.header.v1 import header_service_pb2_grpc as header_grpc
+from voxmesh.router.body_writer import BodyWriter
 from voxmesh.router.device_hub import DeviceHub
+from voxmesh.router.mesh_clients import MeshClients
+from voxmesh.router.peer_links import PeerLinks
+from voxmesh.router.v1 import router_peer_service_pb2 as peer_pb
 from voxmesh.router.v1 import router_service_pb2 as pb
 
 _log = get_logger(__name__)
@@ -68,13 +70,14 @@ class MessageRelay:
         self,
         settings: Settings,
         hub: DeviceHub,
-        headers: header_grpc.HeaderServiceAsyncStub,
-        bodies: body_grpc.BodyServiceAsyncStub,
+        mesh: MeshClients,
+        links: PeerLinks,
     ) -> None:
         self._settings = settings
         self._hub = hub
-        self._headers = headers
-        self._bodies = bodies
+        self._mesh = mesh
+        self._links = links
+        self.node_id = ""  # this router's ring id, once bound
         self._live: dict[str, LiveMessage] = {}
         self._abandon_watch: dict[str, asyncio.Task[None]] = {}
 
@@ -85,9 +88,37 @@ class MessageRelay:
         user_ids: Sequence[str],
         event: update_pb2.UpdateEvent,
         skip_device: tuple[str, str] | None = None,
+        ephemeral: bool = False,
     ) -> None:
-        # One router per ring for now: every target's home router is this one.
-        self._hub.deliver(user_ids, event, skip_device)
+        """Hand ``event`` to each user's home router: this one directly, others by link.
+
+        Serialized once, whatever the number of peers; never awaits.
+        """
+        ring = self._mesh.membership.ring("router")
+        remote: dict[str, list[str]] = {}
+        local: list[str] = []
+        for user in user_ids:
+            home = ring.home(user) if len(ring) else None
+            if home is None or home == self.node_id:
+                local.append(user)
+            else:
+                remote.setdefault(home, []).append(user)
+        if local:
+            self._hub.deliver(local, event, skip_device)
+        if not remote:
+            return
+        payload = event.SerializeToString()
+        for node_id, users in remote.items():
+            member = self._mesh.membership.member("router", node_id)
+            if member is None:
+                continue
+            exclude = skip_device[1] if skip_device and skip_device[0] in users else ""
+            self._links.send(
+                member.address,
+                peer_pb.RelayEntry(
+                    user_ids=users, event=payload, exclude_device_id=exclude, ephemeral=ephemeral
+                ),
+            )
 
     # -- start -----------------------------------------------------------------------------
 
@@ -113,7 +144,7 @@ class MessageRelay:
     ) -> tuple[LiveMessage, int]:
         """Header first (seq, members); returns the live message and its durable chunk count."""
         self._validate_start(start, device_id)
-        reply = await self._headers.StartMessage(
+        reply = await self._mesh.header(start.thread_id).StartMessage(
             header_pb.StartMessageRequest(
                 start=start, sender_user_id=user_id, sender_device_id=device_id
             )
@@ -146,7 +177,8 @@ class MessageRelay:
 
     async def _stat(self, header: message_pb2.MessageHeader) -> body_pb2.BodyStat:
         try:
-            reply = await self._bodies.StatBody(
+            _, body = self._mesh.body(header.message_id)
+            reply = await body.StatBody(
                 body_pb.StatBodyRequest(thread_id=header.thread_id, message_id=header.message_id)
             )
         except grpc.aio.AioRpcError as exc:
@@ -188,6 +220,7 @@ class MessageRelay:
                     )
                 ),
                 skip_device=(live.header.sender_user_id, live.sender_device),
+                ephemeral=True,
             )
         return list(chunks)  # the body store drops duplicates itself, checking their bytes
 
@@ -197,7 +230,8 @@ class MessageRelay:
         self, live: LiveMessage, end: message_pb2.MessageEnd
     ) -> message_pb2.MessageHeader:
         """Body final (one object), then header complete, then tell every target."""
-        await self._bodies.FinishBody(
+        _, body = self._mesh.body(live.message_id)
+        await body.FinishBody(
             body_pb.FinishBodyRequest(
                 thread_id=live.thread_id,
                 message_id=live.message_id,
@@ -205,7 +239,7 @@ class MessageRelay:
                 end=end,
             )
         )
-        reply = await self._headers.CompleteMessage(
+        reply = await self._mesh.header(live.thread_id).CompleteMessage(
             header_pb.CompleteMessageRequest(
                 thread_id=live.thread_id, message_id=live.message_id, end=end
             )
@@ -252,56 +286,26 @@ class MessageRelay:
             )
 
         out: asyncio.Queue[pb.SendResponse | BaseException | None] = asyncio.Queue()
-        # Written to as frames arrive (the stubs only know the iterator form).
-        body_call = self._bodies.AppendChunks()  # type: ignore[call-arg]
-        content_type = live.header.content_type
-        acks_done = asyncio.Event()
 
-        async def pump_acks() -> None:
-            try:
-                async for reply in body_call:
-                    for ack in reply.acks:
-                        if ack.message_id == live.message_id:
-                            await out.put(pb.SendResponse(ack=ack))
-            except BaseException as exc:
-                if not isinstance(exc, asyncio.CancelledError):
-                    await out.put(exc)
-                raise
-            finally:
-                acks_done.set()
+        async def on_ack(ack: body_pb2.DurableAck) -> None:
+            await out.put(pb.SendResponse(ack=ack))
 
-        async def write(chunks: Sequence[body_pb2.Chunk]) -> None:
-            nonlocal content_type
-            await body_call.write(
-                body_pb.AppendChunksRequest(
-                    thread_id=live.thread_id,
-                    message_id=live.message_id,
-                    content_type=content_type,
-                    chunks=chunks,
-                )
-            )
-            content_type = ""
+        writer = BodyWriter(
+            self._mesh, live.thread_id, live.message_id, live.header.content_type, on_ack
+        )
 
         async def pump_frames() -> None:
-            ended = False
             try:
                 frame: pb.SendRequest | None = first
                 while frame is not None:
                     if frame.chunks:
-                        await write(self.relay_chunks(live, frame.chunks))
+                        await writer.write(self.relay_chunks(live, frame.chunks))
                     if frame.HasField("end"):
-                        ended = True
+                        await writer.finish(frame.end.chunk_count)
+                        header = await self.complete(live, frame.end)
+                        await out.put(pb.SendResponse(completed=pb.SendCompleted(header=header)))
                         break
                     frame = await anext(frames, None)
-                await body_call.done_writing()
-                await acks_done.wait()
-                if ended:
-                    header = await self.complete(
-                        live, frame.end if frame else message_pb2.MessageEnd()
-                    )
-                    await out.put(pb.SendResponse(completed=pb.SendCompleted(header=header)))
-                else:
-                    self.watch_for_abandonment(live)
                 await out.put(None)
             except BaseException as exc:
                 if not isinstance(exc, asyncio.CancelledError):
@@ -309,7 +313,7 @@ class MessageRelay:
                 raise
 
         completed = False
-        tasks = [asyncio.create_task(pump_acks()), asyncio.create_task(pump_frames())]
+        tasks = [asyncio.create_task(pump_frames())]
         cut_off = asyncio.create_task(live.cut_off.wait())
         try:
             while True:
@@ -329,7 +333,7 @@ class MessageRelay:
             cut_off.cancel()
             for task in tasks:
                 task.cancel()
-            body_call.cancel()
+            writer.close()
             if not completed:
                 # The sender vanished or failed mid-message: it may resume; if it does not,
                 # the message is abandoned with what arrived.
@@ -351,13 +355,14 @@ class MessageRelay:
         try:
             await asyncio.sleep(self._settings.body_store.abandon_after_s)
             self._live.pop(live.message_id, None)
-            current = await self._headers.GetMessage(
+            current = await self._mesh.header(live.thread_id).GetMessage(
                 header_pb.GetMessageRequest(thread_id=live.thread_id, message_id=live.message_id)
             )
             if current.header.state != LIVE:
                 return
             try:
-                await self._bodies.FinishBody(
+                _, body = self._mesh.body(live.message_id)
+                await body.FinishBody(
                     body_pb.FinishBodyRequest(
                         thread_id=live.thread_id, message_id=live.message_id, final_state=ABANDONED
                     )
@@ -381,7 +386,7 @@ class MessageRelay:
         self, thread_id: str, message_id: str, state: message_pb2.MessageState.ValueType, actor: str
     ) -> message_pb2.MessageHeader:
         """Header state change (recall, delete, abandon), body side effects, and fan-out."""
-        reply = await self._headers.SetMessageState(
+        reply = await self._mesh.header(thread_id).SetMessageState(
             header_pb.SetMessageStateRequest(
                 thread_id=thread_id, message_id=message_id, state=state, actor_user_id=actor
             )
@@ -397,8 +402,9 @@ class MessageRelay:
             body = header.body if header.HasField("body") else None
             # A forward shares its source's body: only the original's own body is deleted.
             if body is None or not body.message_id or body.message_id == message_id:
+                _, body_node = self._mesh.body(message_id)
                 with contextlib.suppress(grpc.aio.AioRpcError):
-                    await self._bodies.DeleteBody(
+                    await body_node.DeleteBody(
                         body_pb.DeleteBodyRequest(
                             thread_id=thread_id, message_id=message_id, reason=state
                         )
@@ -419,3 +425,4 @@ class MessageRelay:
     async def close(self) -> None:
         for task in list(self._abandon_watch.values()):
             task.cancel()
+        await self._links.close()

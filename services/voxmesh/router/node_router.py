@@ -15,18 +15,19 @@ from typing import Any
 import grpc
 
 from voxmesh.body.v1 import body_service_pb2 as body_pb
-from voxmesh.body.v1 import body_service_pb2_grpc as body_grpc
 from voxmesh.common.v1 import body_pb2, mark_pb2, message_pb2, thread_pb2, update_pb2
 from voxmesh.core.client_auth import AuthInterceptor, TokenVerifier, current_caller
-from voxmesh.core.domain_errors import InvalidArgument, PermissionDenied
+from voxmesh.core.domain_errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from voxmesh.core.ids import require_id
+from voxmesh.core.ring_membership import RingMembership
 from voxmesh.core.service_runner import Registration, ServiceParts
 from voxmesh.core.settings import Settings
 from voxmesh.core.unbuilt_rpcs import fill_unbuilt_rpcs
 from voxmesh.header.v1 import header_service_pb2 as header_pb
-from voxmesh.header.v1 import header_service_pb2_grpc as header_grpc
 from voxmesh.router.device_hub import DeviceHub
+from voxmesh.router.mesh_clients import RING_KINDS, MeshClients
 from voxmesh.router.message_relay import DELETED, RECALLED, MessageRelay, _event
+from voxmesh.router.peer_links import PeerLinks
 from voxmesh.router.router_peer import RouterPeer
 from voxmesh.router.updates_stream import UpdatesStreamer
 from voxmesh.router.v1 import router_peer_service_pb2_grpc
@@ -43,15 +44,14 @@ def direct_thread_id(user_a: str, user_b: str) -> str:
 
 
 class NodeRouter(pb_grpc.RouterServiceServicer):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, membership: RingMembership) -> None:
         self._settings = settings
         self._self = pb.RouterNode(zone=settings.zone)
         self.hub = DeviceHub(settings.updates.queue_max)
-        self._channels: list[grpc.aio.Channel] = []
-        self._headers: header_grpc.HeaderServiceAsyncStub
-        self._bodies: body_grpc.BodyServiceAsyncStub
-        self.relay: MessageRelay
-        self._updates: UpdatesStreamer
+        self._mesh = MeshClients(settings, membership)
+        self._links = PeerLinks(self._mesh)
+        self.relay = MessageRelay(settings, self.hub, self._mesh, self._links)
+        self._updates = UpdatesStreamer(settings.updates, self.hub, self._mesh)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -59,26 +59,12 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         """Called once the server's port is known."""
         self._self.node_id = node_id
         self._self.address = address
-
-    async def open(self) -> None:
-        host = self._settings.host
-        limit = self._settings.limits.max_grpc_message_bytes
-        options = [
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-        ]
-        header_channel = grpc.aio.insecure_channel(f"{host}:{self._settings.header.port}", options)
-        body_channel = grpc.aio.insecure_channel(f"{host}:{self._settings.body.port}", options)
-        self._channels = [header_channel, body_channel]
-        self._headers = header_grpc.HeaderServiceStub(header_channel)
-        self._bodies = body_grpc.BodyServiceStub(body_channel)
-        self.relay = MessageRelay(self._settings, self.hub, self._headers, self._bodies)
-        self._updates = UpdatesStreamer(self._settings.updates, self.hub, self._headers)
+        self.relay.node_id = node_id
+        self._links.source_node_id = node_id
 
     async def close(self) -> None:
         await self.relay.close()
-        for channel in self._channels:
-            await channel.close(None)
+        await self._mesh.close()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -86,7 +72,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self, user_id: str, thread_id: str
     ) -> thread_pb2.MemberRole.ValueType:
         require_id(thread_id, "thread_id")
-        reply = await self._headers.CheckMembership(
+        reply = await self._mesh.header(thread_id).CheckMembership(
             header_pb.CheckMembershipRequest(thread_id=thread_id, user_id=user_id)
         )
         if not reply.is_member:
@@ -98,7 +84,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     ) -> message_pb2.MessageHeader:
         await self._require_member(user_id, thread_id)
         require_id(message_id, "message_id")
-        reply = await self._headers.GetMessage(
+        reply = await self._mesh.header(thread_id).GetMessage(
             header_pb.GetMessageRequest(thread_id=thread_id, message_id=message_id)
         )
         return reply.header
@@ -135,9 +121,14 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
 
     async def Discover(self, request: pb.DiscoverRequest, context: Context) -> pb.DiscoverResponse:
         require_id(request.user_id, "user_id")
-        # Until routers form a ring on etcd, this node is the only router: every user's
-        # preference list is this node alone.
-        return pb.DiscoverResponse(routers=[self._self])
+        members = self._mesh.routers_for(request.user_id)
+        if not members:  # no ring known (etcd unreachable): this router is all there is
+            return pb.DiscoverResponse(routers=[self._self])
+        return pb.DiscoverResponse(
+            routers=[
+                pb.RouterNode(node_id=m.node_id, address=m.address, zone=m.zone) for m in members
+            ]
+        )
 
     # -- talk ------------------------------------------------------------------------------
 
@@ -183,7 +174,8 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
 
     async def _append(self, live: Any, chunks: Any, content_type: str = "") -> body_pb2.DurableAck:
         stored = self.relay.relay_chunks(live, chunks)
-        reply = await self._bodies.AppendChunksBatch(
+        _, body = self._mesh.body(live.message_id)
+        reply = await body.AppendChunksBatch(
             body_pb.AppendChunksBatchRequest(
                 thread_id=live.thread_id,
                 message_id=live.message_id,
@@ -223,7 +215,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         live, _ = await self.relay.start(user, request.device_id, start)
         header = live.header
         if header.state == message_pb2.MESSAGE_STATE_LIVE:
-            reply = await self._headers.CompleteMessage(
+            reply = await self._mesh.header(header.thread_id).CompleteMessage(
                 header_pb.CompleteMessageRequest(
                     thread_id=header.thread_id,
                     message_id=header.message_id,
@@ -249,6 +241,15 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self, request: pb.UpdatesRequest, context: Context
     ) -> AsyncIterator[pb.UpdatesResponse]:
         user = current_caller().user_id
+        members = self._mesh.routers_for(user)
+        if members and self._self.node_id not in {m.node_id for m in members}:
+            # A user's devices meet at the user's routers (the rendezvous): redirect.
+            addresses = ",".join(m.address for m in members)
+            context.set_trailing_metadata((("voxmesh-routers", addresses),))
+            raise FailedPrecondition(
+                f"this router does not serve user {user}: connect to one of {addresses} "
+                f"(Discover returns the current list)"
+            )
         async for frame in self._updates.stream(user, request.device_id, request.cursor):
             yield frame
 
@@ -257,7 +258,8 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     ) -> AsyncIterator[pb.ReadBodyResponse]:
         user = current_caller().user_id
         thread_id, message_id = await self._body_of(user, request.thread_id, request.message_id)
-        call = self._bodies.ReadChunks(
+        _, body = self._mesh.body(message_id)
+        call = body.ReadChunks(
             body_pb.ReadChunksRequest(
                 thread_id=thread_id,
                 message_id=message_id,
@@ -275,7 +277,8 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     ) -> pb.ReadBodyRangeResponse:
         user = current_caller().user_id
         thread_id, message_id = await self._body_of(user, request.thread_id, request.message_id)
-        reply = await self._bodies.ReadRange(
+        _, body = self._mesh.body(message_id)
+        reply = await body.ReadRange(
             body_pb.ReadRangeRequest(
                 thread_id=thread_id,
                 message_id=message_id,
@@ -297,7 +300,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     ) -> pb.ListTimelineResponse:
         user = current_caller().user_id
         require_id(request.device_id, "device_id")
-        reply = await self._headers.ListTimeline(
+        reply = await self._mesh.header(user).ListTimeline(
             header_pb.ListTimelineRequest(
                 user_id=user,
                 device_id=request.device_id,
@@ -319,7 +322,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     ) -> pb.AckTimelineResponse:
         user = current_caller().user_id
         require_id(request.device_id, "device_id")
-        reply = await self._headers.AckTimeline(
+        reply = await self._mesh.header(user).AckTimeline(
             header_pb.AckTimelineRequest(
                 user_id=user, device_id=request.device_id, cursor=request.cursor
             )
@@ -342,7 +345,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
             thread_id = request.thread_id or str(uuid.uuid4())
         else:
             raise InvalidArgument("kind must be THREAD_KIND_DIRECT or THREAD_KIND_GROUP")
-        reply = await self._headers.CreateThread(
+        reply = await self._mesh.header(thread_id).CreateThread(
             header_pb.CreateThreadRequest(
                 thread_id=thread_id,
                 kind=request.kind,
@@ -360,7 +363,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     ) -> pb.GetThreadResponse:
         user = current_caller().user_id
         await self._require_member(user, request.thread_id)
-        reply = await self._headers.GetThread(
+        reply = await self._mesh.header(request.thread_id).GetThread(
             header_pb.GetThreadRequest(thread_id=request.thread_id, viewer_user_id=user)
         )
         return pb.GetThreadResponse(thread=reply.thread)
@@ -369,7 +372,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self, request: pb.ListThreadsRequest, context: Context
     ) -> pb.ListThreadsResponse:
         user = current_caller().user_id
-        reply = await self._headers.ListThreadsForUser(
+        reply = await self._mesh.header(user).ListThreadsForUser(
             header_pb.ListThreadsForUserRequest(
                 user_id=user, page_size=request.page_size, page_token=request.page_token
             )
@@ -381,7 +384,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     ) -> pb.UpdateThreadResponse:
         user = current_caller().user_id
         await self._require_member(user, request.thread_id)
-        reply = await self._headers.UpdateThread(
+        reply = await self._mesh.header(request.thread_id).UpdateThread(
             header_pb.UpdateThreadRequest(
                 thread_id=request.thread_id, actor_user_id=user, title=request.title
             )
@@ -394,7 +397,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     ) -> pb.AddMembersResponse:
         user = current_caller().user_id
         await self._require_member(user, request.thread_id)
-        reply = await self._headers.AddMembers(
+        reply = await self._mesh.header(request.thread_id).AddMembers(
             header_pb.AddMembersRequest(
                 thread_id=request.thread_id,
                 actor_user_id=user,
@@ -416,7 +419,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     ) -> pb.RemoveMemberResponse:
         user = current_caller().user_id
         await self._require_member(user, request.thread_id)
-        reply = await self._headers.RemoveMember(
+        reply = await self._mesh.header(request.thread_id).RemoveMember(
             header_pb.RemoveMemberRequest(
                 thread_id=request.thread_id, actor_user_id=user, user_id=request.user_id
             )
@@ -434,7 +437,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     ) -> pb.SetMemberRoleResponse:
         user = current_caller().user_id
         await self._require_member(user, request.thread_id)
-        reply = await self._headers.SetMemberRole(
+        reply = await self._mesh.header(request.thread_id).SetMemberRole(
             header_pb.SetMemberRoleRequest(
                 thread_id=request.thread_id,
                 actor_user_id=user,
@@ -466,7 +469,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         )
         if request.HasField("muted_until"):
             mute.muted_until.CopyFrom(request.muted_until)
-        reply = await self._headers.MuteThread(mute)
+        reply = await self._mesh.header(request.thread_id).MuteThread(mute)
         return pb.MuteThreadResponse(user_state=reply.user_state)
 
     async def ListMessages(
@@ -484,7 +487,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
             listing.before_seq = request.before_seq
         elif request.HasField("after_seq"):
             listing.after_seq = request.after_seq
-        reply = await self._headers.ListMessages(listing)
+        reply = await self._mesh.header(request.thread_id).ListMessages(listing)
         return pb.ListMessagesResponse(headers=reply.headers, next_page_token=reply.next_page_token)
 
     async def GetMessage(
@@ -503,7 +506,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         user = current_caller().user_id
         require_id(device_id, "device_id")
         header = await self._header(user, thread_id, message_id)
-        reply = await self._headers.SetMark(
+        reply = await self._mesh.header(thread_id).SetMark(
             header_pb.SetMarkRequest(
                 mark=mark_pb2.Mark(
                     user_id=user,
@@ -538,7 +541,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     ) -> pb.LikeMessageResponse:
         user = current_caller().user_id
         await self._require_member(user, request.thread_id)
-        reply = await self._headers.LikeMessage(
+        reply = await self._mesh.header(request.thread_id).LikeMessage(
             header_pb.LikeMessageRequest(
                 thread_id=request.thread_id, message_id=request.message_id, user_id=user
             )
@@ -559,7 +562,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     ) -> pb.UnlikeMessageResponse:
         user = current_caller().user_id
         await self._require_member(user, request.thread_id)
-        reply = await self._headers.UnlikeMessage(
+        reply = await self._mesh.header(request.thread_id).UnlikeMessage(
             header_pb.UnlikeMessageRequest(
                 thread_id=request.thread_id, message_id=request.message_id, user_id=user
             )
@@ -588,7 +591,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         require_id(request.device_id, "device_id")
         await self._require_member(user, request.source.thread_id)
         await self._require_member(user, request.target_thread_id)
-        reply = await self._headers.ForwardMessage(
+        reply = await self._mesh.header(request.target_thread_id).ForwardMessage(
             header_pb.ForwardMessageRequest(
                 source=request.source,
                 target_thread_id=request.target_thread_id,
@@ -624,7 +627,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
                 request.thread_id, request.message_id, DELETED, user
             )
         elif request.scope == message_pb2.DELETE_SCOPE_FOR_ME:
-            reply = await self._headers.HideMessage(
+            reply = await self._mesh.header(request.thread_id).HideMessage(
                 header_pb.HideMessageRequest(
                     thread_id=request.thread_id, message_id=request.message_id, user_id=user
                 )
@@ -654,8 +657,9 @@ fill_unbuilt_rpcs(
 
 
 def create_router_service(settings: Settings) -> ServiceParts:
-    router = NodeRouter(settings)  # type: ignore[abstract]
-    peer = RouterPeer()  # type: ignore[abstract]
+    membership = RingMembership(settings, RING_KINDS)
+    router = NodeRouter(settings, membership)  # type: ignore[abstract]
+    peer = RouterPeer(router.hub, membership)
     verifier = TokenVerifier(settings.auth)
     return ServiceParts(
         [
@@ -670,8 +674,8 @@ def create_router_service(settings: Settings) -> ServiceParts:
                 router_peer_service_pb2_grpc.add_RouterPeerServiceServicer_to_server,
             ),
         ],
-        started_hooks=[router.bind],
-        startup_hooks=[router.open],
+        started_hooks=[router.bind, peer.bind],
         shutdown_hooks=[router.close],
+        membership=membership,
         interceptors=[AuthInterceptor(verifier, ["voxmesh.router.v1.RouterService"])],
     )

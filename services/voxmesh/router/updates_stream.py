@@ -18,8 +18,8 @@ from voxmesh.core.domain_errors import Aborted, ResourceExhausted
 from voxmesh.core.ids import require_id
 from voxmesh.core.settings import UpdatesSettings
 from voxmesh.header.v1 import header_service_pb2 as header_pb
-from voxmesh.header.v1 import header_service_pb2_grpc as header_grpc
 from voxmesh.router.device_hub import DeviceHub
+from voxmesh.router.mesh_clients import MeshClients
 from voxmesh.router.message_relay import _event
 from voxmesh.router.v1 import router_service_pb2 as pb
 
@@ -27,12 +27,10 @@ _REPLAY_PAGE = 200
 
 
 class UpdatesStreamer:
-    def __init__(
-        self, settings: UpdatesSettings, hub: DeviceHub, headers: header_grpc.HeaderServiceAsyncStub
-    ) -> None:
+    def __init__(self, settings: UpdatesSettings, hub: DeviceHub, mesh: MeshClients) -> None:
         self._settings = settings
         self._hub = hub
-        self._headers = headers
+        self._mesh = mesh
 
     async def _replay(
         self, user: str, device: str, cursor: str
@@ -40,7 +38,7 @@ class UpdatesStreamer:
         """Pages of durable events after ``cursor``; the last page carries the new cursor."""
         token = ""
         while True:
-            reply = await self._headers.ListTimeline(
+            reply = await self._mesh.header(user).ListTimeline(
                 header_pb.ListTimelineRequest(
                     user_id=user,
                     device_id=device,
@@ -81,7 +79,7 @@ class UpdatesStreamer:
         stream = self._hub.connect(user, device_id)
         try:
             if not cursor:  # the device's acknowledged cursor (an empty ack changes nothing)
-                acked = await self._headers.AckTimeline(
+                acked = await self._mesh.header(user).AckTimeline(
                     header_pb.AckTimelineRequest(user_id=user, device_id=device_id, cursor="")
                 )
                 cursor = acked.cursor

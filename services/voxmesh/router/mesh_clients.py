@@ -1,0 +1,79 @@
+"""Channels to the other nodes of the mesh, chosen by the rings.
+
+A call keyed by a thread goes to the thread's header node, by a message to its body node,
+by a user to the user's home router. A node that just failed a call is skipped ("suspect")
+until its lease expires and the ring drops it, so traffic moves to the next node of the
+preference list at once. With no ring known yet (etcd unreachable), the configured single
+addresses are used, so one node per kind still works.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from voxmesh.body.v1 import body_service_pb2_grpc as body_grpc
+from voxmesh.core.ring_membership import Member, RingMembership
+from voxmesh.core.settings import Settings
+from voxmesh.header.v1 import header_service_pb2_grpc as header_grpc
+from voxmesh.router.v1 import router_peer_service_pb2_grpc as peer_grpc
+
+RING_KINDS = ("router", "header", "body", "notification")
+
+
+class MeshClients:
+    def __init__(self, settings: Settings, membership: RingMembership) -> None:
+        self._settings = settings
+        self.membership = membership
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._suspect_until: dict[str, float] = {}
+        limit = settings.limits.max_grpc_message_bytes
+        self._options = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.keepalive_time_ms", 10_000),
+        ]
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, self._options)
+            self._channels[address] = channel
+        return channel
+
+    def suspect(self, address: str) -> None:
+        """``address`` failed: skip it until its lease has had time to expire."""
+        self._suspect_until[address] = time.monotonic() + self._settings.rings.suspect_s
+
+    def _healthy(self, member: Member) -> bool:
+        until = self._suspect_until.get(member.address)
+        return until is None or until < time.monotonic()
+
+    def candidates(self, kind: str, key: str) -> list[str]:
+        """Addresses for ``key``, home first, suspects last; the configured one if no ring."""
+        members = self.membership.preference_list(kind, key)
+        if not members:
+            return [f"{self._settings.host}:{self._settings.service(kind).port}"]  # type: ignore[arg-type]
+        ordered = [m for m in members if self._healthy(m)] + [
+            m for m in members if not self._healthy(m)
+        ]
+        return [m.address for m in ordered]
+
+    def header(self, key: str) -> header_grpc.HeaderServiceAsyncStub:
+        return header_grpc.HeaderServiceStub(self.channel(self.candidates("header", key)[0]))
+
+    def body(self, message_id: str) -> tuple[str, body_grpc.BodyServiceAsyncStub]:
+        address = self.candidates("body", message_id)[0]
+        return address, body_grpc.BodyServiceStub(self.channel(address))
+
+    def peer(self, address: str) -> peer_grpc.RouterPeerServiceAsyncStub:
+        return peer_grpc.RouterPeerServiceStub(self.channel(address))
+
+    def routers_for(self, user_id: str) -> list[Member]:
+        return self.membership.preference_list("router", user_id)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close(None)
+        self._channels.clear()
