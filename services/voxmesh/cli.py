@@ -64,12 +64,21 @@ def up(
     embedded: Annotated[
         bool, typer.Option(help="Run on SQLite and local files instead of the emulators.")
     ] = False,
+    routers: Annotated[int | None, typer.Option(help="Router processes.")] = None,
+    headers: Annotated[int | None, typer.Option(help="Header store processes.")] = None,
+    bodies: Annotated[int | None, typer.Option(help="Body store processes.")] = None,
+    notifiers: Annotated[int | None, typer.Option(help="Notification sender processes.")] = None,
 ) -> None:
     """Start etcd, Redis, the Spanner and GCS emulators, every service and Envoy."""
     from voxmesh.stack import binaries
     from voxmesh.stack.local_stack import LocalStack, StackError
 
     settings = _settings()
+    counts = {"router": routers, "header": headers, "body": bodies, "notification": notifiers}
+    for kind, count in counts.items():
+        if count is not None:
+            service = dataclasses.replace(settings.service(kind), instances=count)  # type: ignore[arg-type]
+            settings = dataclasses.replace(settings, **{kind: service})  # type: ignore[arg-type]
     if not embedded and settings.stores.backend == "google":
         try:
             binaries.spanner_emulator(settings.spanner.emulator_binary)
@@ -117,8 +126,29 @@ def status() -> None:
     except MissingBinary as exc:
         raise _fail(str(exc)) from exc
     _print_status(statuses)
+    settings = _running_settings()
+    if any(s.component.name == "etcd" and s.healthy for s in statuses):
+        asyncio.run(_print_rings(settings))
     if not all(s.healthy for s in statuses):
         raise typer.Exit(1)
+
+
+async def _print_rings(settings: Settings) -> None:
+    from voxmesh.core.ring_membership import RingMembership
+
+    membership = RingMembership(settings, SERVICE_KINDS)
+    await membership.start(None)
+    try:
+        await membership.wait_loaded()
+        for kind in SERVICE_KINDS:
+            shares = membership.ring(kind).shares()
+            members = ", ".join(
+                f"{m.node_id} {m.address} {shares.get(m.node_id, 0):.0%}"
+                for m in membership.members(kind)
+            )
+            typer.echo(f"ring {kind:<13} {len(shares)} member(s): {members or '-'}")
+    finally:
+        await membership.close()
 
 
 def _print_status(statuses: list) -> None:  # type: ignore[type-arg]
@@ -136,6 +166,9 @@ def _print_status(statuses: list) -> None:  # type: ignore[type-arg]
 def serve(
     kind: Annotated[str, typer.Argument(help="router | header | body | notification")],
     port: Annotated[int | None, typer.Option(help="Override the configured gRPC port.")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Override the configured metrics port.")
+    ] = None,
 ) -> None:
     """Run one service in the foreground (what `voxmesh up` runs under supervision)."""
     if kind not in SERVICE_KINDS:
@@ -147,7 +180,7 @@ def serve(
 
     settings = _settings()
     configure_logging(settings.log, kind)
-    runner = build_runner(kind, settings, port=port, join_ring=True)
+    runner = build_runner(kind, settings, port=port, metrics_port=metrics_port, join_ring=True)
     uvloop.run(runner.serve_until_signalled())
 
 

@@ -53,6 +53,7 @@ class RingMembership:
         self._lease: object | None = None
         self._leaving = False
         self.registered = asyncio.Event()
+        self._loaded = {kind: asyncio.Event() for kind in kinds}
         self._listeners: list[Callable[[str], None]] = []
 
     # -- reading ---------------------------------------------------------------------------
@@ -70,6 +71,12 @@ class RingMembership:
         count = count or self._settings.rings.preference_list_size
         members = self._members.get(kind, {})
         return [members[n] for n in self._rings[kind].preference_list(key, count) if n in members]
+
+    async def wait_loaded(self, timeout_s: float = 5.0) -> None:
+        """Until every watched ring has been listed once."""
+        await asyncio.wait_for(
+            asyncio.gather(*(event.wait() for event in self._loaded.values())), timeout_s
+        )
 
     def on_change(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(kind)`` after a ring changes."""
@@ -166,6 +173,7 @@ class RingMembership:
                     if member is not None:
                         members[member.node_id] = member
                 self._apply(kind, members)
+                self._loaded[kind].set()
                 revision = listing.header.revision
                 watch = await self._client.watch_prefix(prefix, start_revision=revision + 1)
                 async for event in watch:

@@ -165,6 +165,10 @@ class ServiceRunner:
         for hook in self.drain_hooks:
             await hook()
         await self._health.enter_graceful_shutdown()
+        delay = self.settings.service(self.kind).drain_delay_s if grace_s is None else 0.0
+        if delay:
+            # Still serving: Envoy's health checks and the rings' watchers move callers away.
+            await asyncio.sleep(delay)
         await self._server.stop(grace)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

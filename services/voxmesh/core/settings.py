@@ -27,6 +27,7 @@ _LOCAL_SECRET = "voxmesh-local-development-secret"
 _STRICT = pydantic.ConfigDict(extra="forbid")
 
 Port = Annotated[int, pydantic.Field(ge=0, le=65535)]
+INSTANCE_PORT_STRIDE = 10
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
@@ -82,6 +83,17 @@ class ServiceSettings:
     metrics_port: Annotated[int, pydantic.Field(ge=0, le=65535)]
     max_concurrent_rpcs: Annotated[int, pydantic.Field(gt=0)]
     drain_grace_s: Annotated[float, pydantic.Field(ge=0)]
+    # After leaving the ring and reporting NOT_SERVING, keep serving this long so callers
+    # (Envoy's health checks, other nodes' ring watches) move away before the port closes.
+    drain_delay_s: Annotated[float, pydantic.Field(ge=0)]
+    # Processes of this kind in the local stack; instance i listens on port + 10·i.
+    instances: Annotated[int, pydantic.Field(ge=1, le=9)]
+
+    def instance_ports(self, index: int) -> tuple[int, int]:
+        """(gRPC port, metrics port) of instance ``index`` (0-based) in the local stack."""
+        return self.port + INSTANCE_PORT_STRIDE * index, self.metrics_port + (
+            INSTANCE_PORT_STRIDE * index
+        )
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
@@ -124,6 +136,44 @@ class UpdatesSettings:
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class NotificationSenderSettings:
+    webhook_connect_timeout_s: Annotated[float, pydantic.Field(gt=0)]
+    webhook_timeout_s: Annotated[float, pydantic.Field(gt=0)]
+    push_attempts: Annotated[int, pydantic.Field(ge=1)]
+    retry_initial_backoff_s: Annotated[float, pydantic.Field(gt=0)]
+    retry_max_backoff_s: Annotated[float, pydantic.Field(gt=0)]
+    max_in_flight_pushes: Annotated[int, pydantic.Field(gt=0)]
+    claim_idle_s: Annotated[float, pydantic.Field(gt=0)]
+    dedup_ttl_s: Annotated[int, pydantic.Field(gt=0)]
+    dead_letter_ttl_s: Annotated[int, pydantic.Field(gt=0)]
+    dead_letter_stream_max: Annotated[int, pydantic.Field(gt=0)]
+    unread_rebuild_max_per_thread: Annotated[int, pydantic.Field(gt=0)]
+    max_live_report_ttl_s: Annotated[float, pydantic.Field(gt=0)]
+    fcm_endpoint: str
+    fcm_project: str
+    fcm_credentials_file: str
+    apns_endpoint: str
+    apns_topic: str
+    apns_key_file: str
+    apns_key_id: str
+    apns_team_id: str
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class PresenceSettings:
+    live_report_ttl_s: Annotated[float, pydantic.Field(gt=0)]
+    away_after_s: Annotated[float, pydantic.Field(gt=0)]
+    typing_ttl_s: Annotated[float, pydantic.Field(gt=0)]
+    fanout_interval_s: Annotated[float, pydantic.Field(gt=0)]
+    fanout_max_events: Annotated[int, pydantic.Field(gt=0)]
+    contacts_cache_s: Annotated[float, pydantic.Field(ge=0)]
+    notices_queue_max: Annotated[int, pydantic.Field(gt=0)]
+    notices_concurrency: Annotated[int, pydantic.Field(gt=0)]
+    notices_call_timeout_s: Annotated[float, pydantic.Field(gt=0)]
+    notices_retry_deadline_s: Annotated[float, pydantic.Field(gt=0)]
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
 class AuthSettings:
     algorithm: Literal["HS256", "RS256"]
     hs256_secret: str
@@ -157,6 +207,8 @@ class Settings:
     auth: AuthSettings
     updates: UpdatesSettings
     rings: RingSettings
+    notification_sender: NotificationSenderSettings
+    presence: PresenceSettings
 
     @property
     def sqlite_path(self) -> Path:

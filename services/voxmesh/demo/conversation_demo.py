@@ -121,6 +121,14 @@ async def run_demo(
             for name in ("alice", "bob", "carol")
         }
         alice, bob, carol = people["alice"], people["bob"], people["carol"]
+        homes: list[grpc.aio.Channel] = []
+        for person in people.values():
+            # Each user's devices connect to the user's home router (Discover on any router).
+            found = await person.call("Discover", pb.DiscoverRequest(user_id=person.user_id))
+            home = grpc.aio.insecure_channel(found.routers[0].address)
+            homes.append(home)
+            person.stub = pb_grpc.RouterServiceStub(home)
+            say(f"{person.name}'s home router: {found.routers[0].node_id}")
         created = await alice.call(
             "CreateThread",
             pb.CreateThreadRequest(
@@ -208,6 +216,8 @@ async def run_demo(
         await carol.call(
             "AckTimeline", pb.AckTimelineRequest(device_id="phone", cursor=timeline.next_cursor)
         )
+        for home in homes:
+            await home.close(None)
     say(f"play the files with any Ogg/Opus player, e.g. `ffplay {next(iter(files.values()))}`")
     return files
 

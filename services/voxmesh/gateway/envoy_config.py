@@ -44,6 +44,20 @@ def render_envoy_config(
             # Streams live as long as the client wants: no route timeout, no grpc-timeout cap.
             "timeout": "0s",
             "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+            # A router that is draining or gone: try another before the client sees an error.
+            "retry_policy": {
+                "retry_on": "unavailable,reset,connect-failure,refused-stream",
+                "num_retries": 2,
+                "retry_host_predicate": [
+                    {
+                        "name": "envoy.retry_host_predicates.previous_hosts",
+                        "typed_config": {
+                            "@type": f"{_TYPES}.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                        },
+                    }
+                ],
+                "host_selection_retry_max_attempts": 3,
+            },
         },
     }
     http_connection_manager = {
@@ -117,8 +131,8 @@ def render_envoy_config(
                     "health_checks": [
                         {
                             "timeout": "1s",
-                            "interval": "2s",
-                            "unhealthy_threshold": 2,
+                            "interval": "1s",
+                            "unhealthy_threshold": 1,
                             "healthy_threshold": 1,
                             "grpc_health_check": {"service_name": ROUTER_SERVICE},
                         }

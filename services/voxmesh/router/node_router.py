@@ -242,8 +242,10 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     ) -> AsyncIterator[pb.UpdatesResponse]:
         user = current_caller().user_id
         members = self._mesh.routers_for(user)
-        if members and self._self.node_id not in {m.node_id for m in members}:
-            # A user's devices meet at the user's routers (the rendezvous): redirect.
+        if members and members[0].node_id != self._self.node_id:
+            # A user's devices all meet at the user's home router (the rendezvous), the first
+            # live router of the preference list: a dead home leaves the ring when its lease
+            # expires, and the next router becomes home. Redirect.
             addresses = ",".join(m.address for m in members)
             context.set_trailing_metadata((("voxmesh-routers", addresses),))
             raise FailedPrecondition(

@@ -90,6 +90,16 @@ def emulator_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def instance_name(kind: str, index: int) -> str:
+    """``router`` for the first instance, ``router-2``, ``router-3`` … for the others."""
+    return kind if index == 0 else f"{kind}-{index + 1}"
+
+
+def router_addresses(settings: Settings) -> list[tuple[str, int]]:
+    router = settings.router
+    return [(settings.host, router.instance_ports(i)[0]) for i in range(router.instances)]
+
+
 def plan_stack(settings: Settings, paths: StackPaths) -> list[Component]:
     """Every component of the local stack. Raises MissingBinary naming the fix.
 
@@ -178,26 +188,32 @@ def plan_stack(settings: Settings, paths: StackPaths) -> list[Component]:
         ]
     for kind in SERVICE_KINDS:
         service = settings.service(kind)
-        components.append(
-            Component(
-                name=kind,
-                role="service",
-                command=(
-                    sys.executable,
-                    "-m",
-                    "voxmesh",
-                    "--config",
-                    str(paths.settings_file),
-                    "serve",
-                    kind,
-                ),
-                ports=(("grpc", service.port), ("metrics", service.metrics_port)),
-                probe=functools.partial(
-                    readiness.grpc_health, host, service.port, SERVICE_PROTO_NAMES[kind]
-                ),
-                env={**emulator_env(settings), "PYTHONUNBUFFERED": "1"},
+        for index in range(service.instances):
+            port, metrics_port = service.instance_ports(index)
+            components.append(
+                Component(
+                    name=instance_name(kind, index),
+                    role="service",
+                    command=(
+                        sys.executable,
+                        "-m",
+                        "voxmesh",
+                        "--config",
+                        str(paths.settings_file),
+                        "serve",
+                        kind,
+                        "--port",
+                        str(port),
+                        "--metrics-port",
+                        str(metrics_port),
+                    ),
+                    ports=(("grpc", port), ("metrics", metrics_port)),
+                    probe=functools.partial(
+                        readiness.grpc_health, host, port, SERVICE_PROTO_NAMES[kind]
+                    ),
+                    env={**emulator_env(settings), "PYTHONUNBUFFERED": "1"},
+                )
             )
-        )
     components.append(
         Component(
             name="envoy",

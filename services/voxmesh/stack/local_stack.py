@@ -29,7 +29,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from voxmesh.core.settings import Settings
 from voxmesh.gateway.envoy_config import render_envoy_yaml
-from voxmesh.stack.components import Component, StackPaths, plan_stack
+from voxmesh.stack.components import Component, StackPaths, plan_stack, router_addresses
 from voxmesh.stack.readiness import ProbeResult, port_is_free
 
 
@@ -182,7 +182,9 @@ class LocalStack:
             directory.mkdir(parents=True, exist_ok=True)
         settings_json = pydantic.TypeAdapter(Settings).dump_python(self.settings, mode="json")
         self.paths.settings_file.write_text(json.dumps(settings_json, indent=2))
-        self.paths.envoy_config.write_text(render_envoy_yaml(self.settings))
+        self.paths.envoy_config.write_text(
+            render_envoy_yaml(self.settings, router_addresses(self.settings))
+        )
         self._write_supervisor_config()
         self._start_supervisor()
         try:
