@@ -31,5 +31,5 @@ def stack_overrides(run_dir: str) -> dict[str, object]:
             kind: {"port": free_port(), "metrics_port": free_port()}
             for kind in ("router", "header", "body", "notification")
         },
-        "supervisor": {"ready_timeout_s": 60.0, "stop_timeout_s": 10.0},
+        "supervisor": {"ready_timeout_s": 60.0, "stop_timeout_s": 10.0, "autorestart": False},
     }

@@ -134,6 +134,8 @@ class RingMembership:
                     if reply.TTL <= 0:  # expired (we were stopped too long): join again
                         _log.warning("lease expired; joining again", node=me.node_id)
                         break
+                    if await self._client.get(key) is None:  # deleted by hand or restored
+                        await self._client.put(key, value, lease=lease)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # etcd down or restarted: retry with a new lease

@@ -69,6 +69,7 @@ class EnvoySettings:
 class SupervisorSettings:
     ready_timeout_s: Annotated[float, pydantic.Field(gt=0)]
     stop_timeout_s: Annotated[float, pydantic.Field(gt=0)]
+    autorestart: bool
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)

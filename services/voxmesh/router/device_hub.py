@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import prometheus_client
@@ -110,6 +110,16 @@ class DeviceHub:
                 stream.offer(event)
                 delivered += 1
         return delivered
+
+    def close_users(self, keep: Callable[[str], bool], reason: str) -> int:
+        """Close the streams of every user for whom ``keep(user)`` is false."""
+        closed = 0
+        for user_id, devices in list(self._by_user.items()):
+            if not keep(user_id):
+                for stream in devices.values():
+                    stream.close(reason)
+                    closed += 1
+        return closed
 
     def is_online(self, user_id: str) -> bool:
         return bool(self._by_user.get(user_id))

@@ -22,6 +22,7 @@ from voxmesh.core.ids import require_id
 from voxmesh.core.ring_membership import RingMembership
 from voxmesh.core.service_runner import Registration, ServiceParts
 from voxmesh.core.settings import Settings
+from voxmesh.core.structured_logging import get_logger
 from voxmesh.core.unbuilt_rpcs import fill_unbuilt_rpcs
 from voxmesh.header.v1 import header_service_pb2 as header_pb
 from voxmesh.router.device_hub import DeviceHub
@@ -29,12 +30,13 @@ from voxmesh.router.mesh_clients import RING_KINDS, MeshClients
 from voxmesh.router.message_relay import DELETED, RECALLED, MessageRelay, _event
 from voxmesh.router.peer_links import PeerLinks
 from voxmesh.router.router_peer import RouterPeer
-from voxmesh.router.updates_stream import UpdatesStreamer
+from voxmesh.router.updates_stream import MOVED, UpdatesStreamer
 from voxmesh.router.v1 import router_peer_service_pb2_grpc
 from voxmesh.router.v1 import router_service_pb2 as pb
 from voxmesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_log = get_logger(__name__)
 
 
 def direct_thread_id(user_a: str, user_b: str) -> str:
@@ -52,6 +54,21 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self._links = PeerLinks(self._mesh)
         self.relay = MessageRelay(settings, self.hub, self._mesh, self._links)
         self._updates = UpdatesStreamer(settings.updates, self.hub, self._mesh)
+        membership.on_change(self._ring_changed)
+
+    def _ring_changed(self, kind: str) -> None:
+        """Devices whose user is now homed elsewhere must move there (the rendezvous)."""
+        if kind != "router" or not self._self.node_id:
+            return
+        ring = self._mesh.membership.ring("router")
+        if not len(ring):
+            return
+        moved = self.hub.close_users(
+            lambda user: ring.home(user) == self._self.node_id,
+            f"{MOVED} the user's home router changed: Discover and reconnect with your cursor",
+        )
+        if moved:
+            _log.info("moved devices to their new home router", devices=moved)
 
     # -- lifecycle -------------------------------------------------------------------------
 

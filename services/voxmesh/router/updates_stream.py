@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 
 from voxmesh.common.v1 import thread_pb2, update_pb2
-from voxmesh.core.domain_errors import Aborted, ResourceExhausted
+from voxmesh.core.domain_errors import Aborted, FailedPrecondition, ResourceExhausted
 from voxmesh.core.ids import require_id
 from voxmesh.core.settings import UpdatesSettings
 from voxmesh.header.v1 import header_service_pb2 as header_pb
@@ -24,6 +24,7 @@ from voxmesh.router.message_relay import _event
 from voxmesh.router.v1 import router_service_pb2 as pb
 
 _REPLAY_PAGE = 200
+MOVED = "moved:"  # closed_reason prefix: the user's home is now another router
 
 
 class UpdatesStreamer:
@@ -102,6 +103,8 @@ class UpdatesStreamer:
                 )
                 batch = await stream.next_batch(max(wait, 0.0))
                 if stream.closed_reason is not None and not batch:
+                    if stream.closed_reason.startswith(MOVED):
+                        raise FailedPrecondition(stream.closed_reason)
                     if "newer" in stream.closed_reason:
                         raise Aborted(stream.closed_reason)
                     raise ResourceExhausted(stream.closed_reason)

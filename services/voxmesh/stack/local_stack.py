@@ -113,7 +113,12 @@ class LocalStack:
                 f"command={_escape(shlex.join(component.command))}",
                 f"priority={component.priority}",
                 "autostart=false",
-                "autorestart=unexpected",
+                "autorestart="
+                + (
+                    "unexpected"
+                    if self.settings.supervisor.autorestart or component.role != "service"
+                    else "false"
+                ),
                 "startsecs=0",
                 "startretries=0",
                 "stopsignal=TERM",
