@@ -59,7 +59,16 @@ class Device:
     stub: Any = field(init=False)
 
     def __post_init__(self) -> None:
-        self.channel = grpc.aio.insecure_channel(self.address)
+        # Own subchannels and a short backoff: a device reconnecting to a restarted router
+        # must not inherit another channel's reconnect backoff (gRPC shares subchannels).
+        self.channel = grpc.aio.insecure_channel(
+            self.address,
+            options=[
+                ("grpc.use_local_subchannel_pool", 1),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
         self.stub = pb_grpc.RouterServiceStub(self.channel)
 
     @property

@@ -65,11 +65,21 @@ def _component_for(stack: LocalStack, address: str) -> str:
     raise AssertionError(f"no component listens on {address}")
 
 
+def _pid(stack: LocalStack, name: str) -> int:
+    """The component's current pid (it changes when a test restarts it)."""
+    return int(stack._rpc().supervisor.getProcessInfo(name)["pid"])
+
+
 def _restart(stack: LocalStack, name: str) -> None:
+    """Start a stopped or killed component again and wait until it serves."""
     rpc = stack._rpc()
-    info = rpc.supervisor.getProcessInfo(name)
-    if info["statename"] != "RUNNING":
+    if rpc.supervisor.getProcessInfo(name)["statename"] != "RUNNING":
         rpc.supervisor.startProcess(name, True)
+    component = next(c for c in stack.components if c.name == name)
+    deadline = time.monotonic() + 30
+    while not component.probe().ready:
+        assert time.monotonic() < deadline, f"{name} did not come back"
+        time.sleep(0.05)
 
 
 async def _wait_for(predicate: Any, timeout_s: float, what: str) -> float:
@@ -180,7 +190,7 @@ async def test_killing_the_body_node_mid_stream_loses_and_duplicates_nothing(
     message_id = uuid7()
     owner = rings.preference_list("body", message_id)[0]
     victim = _component_for(ring_stack, owner.address)
-    pid = ring_stack.recorded_pids()[victim]
+    pid = _pid(ring_stack, victim)
     chunks = voice_chunks(400, seed="body-kill")
     updates = bob.updates()
     await collect_updates(updates, lambda e: e.HasField("caught_up"))
@@ -242,7 +252,7 @@ async def test_a_killed_home_routers_users_are_live_again_on_the_next_router(
             if any(e.HasField("caught_up") for e in frame.events):
                 break
         victim = _component_for(ring_stack, bob.address)
-        os.kill(ring_stack.recorded_pids()[victim], signal.SIGKILL)
+        os.kill(_pid(ring_stack, victim), signal.SIGKILL)
         killed_at = time.monotonic()
         missed = uuid7()
 
@@ -270,7 +280,7 @@ async def test_a_killed_home_routers_users_are_live_again_on_the_next_router(
         got = await asyncio.wait_for(
             collect_updates(
                 resumed,
-                lambda e: (
+                lambda e, missed=missed: (
                     (e.HasField("header_added") and e.header_added.message_id == missed)
                     or (e.HasField("header_updated") and e.header_updated.message_id == missed)
                 ),
@@ -293,7 +303,7 @@ async def test_a_stopped_member_leaves_within_the_lease_and_rejoins(
     ring_stack: LocalStack, rings: RingMembership
 ) -> None:
     member = rings.members("body")[1]
-    pid = ring_stack.recorded_pids()[_component_for(ring_stack, member.address)]
+    pid = _pid(ring_stack, _component_for(ring_stack, member.address))
     os.kill(pid, signal.SIGSTOP)
     try:
         left = await _wait_for(
@@ -309,7 +319,8 @@ async def test_a_stopped_member_leaves_within_the_lease_and_rejoins(
         "the member to rejoin",
     )
     print(
-        f"\nring converged {left:.2f} s after SIGSTOP (lease {LEASE_TTL_S} s); rejoined {back:.2f} s after SIGCONT"
+        f"\nring converged {left:.2f} s after SIGSTOP (lease {LEASE_TTL_S} s); "
+        f"rejoined {back:.2f} s after SIGCONT"
     )
     assert left <= LEASE_TTL_S + 2
 
@@ -376,7 +387,21 @@ async def test_etcd_restart_members_register_again_and_rings_recover(
         3 * LEASE_TTL_S + 10,
         "every member to register again",
     )
-    alice = await _home_device(settings, "etcd-alice")
-    found = await alice.call("Discover", pb.DiscoverRequest(user_id="etcd-alice"))
-    assert len(found.routers) == 2
-    await alice.close()
+    # Every router's own ring recovers too: Discover on each sees both routers again.
+    deadline = time.monotonic() + 3 * LEASE_TTL_S + 10
+    for index in range(settings.router.instances):
+        device = Device(
+            settings,
+            "etcd-alice",
+            "d",
+            f"{settings.host}:{settings.router.instance_ports(index)[0]}",
+        )
+        try:
+            while True:
+                found = await device.call("Discover", pb.DiscoverRequest(user_id="etcd-alice"))
+                if len(found.routers) == 2:
+                    break
+                assert time.monotonic() < deadline, "a router's ring did not recover"
+                await asyncio.sleep(0.1)
+        finally:
+            await device.close()

@@ -33,6 +33,10 @@ class MeshClients:
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.keepalive_time_ms", 10_000),
+            # A node that restarts is reachable again within moments: do not back off for
+            # minutes (gRPC's default) before trying it again.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ]
 
     def channel(self, address: str) -> grpc.aio.Channel:
