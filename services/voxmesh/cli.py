@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import grpc
 import typer
@@ -20,6 +22,11 @@ gateway_app = typer.Typer(no_args_is_help=True, help="The Envoy gRPC-web gateway
 app.add_typer(gateway_app, name="gateway")
 token_app = typer.Typer(no_args_is_help=True, help="Client tokens (JWT) for local use.")
 app.add_typer(token_app, name="token")
+config_app = typer.Typer(
+    no_args_is_help=True,
+    help="Dynamic settings in etcd (limits, timeouts, vnodes), watched by every process.",
+)
+app.add_typer(config_app, name="config")
 
 _state: dict[str, Path | None] = {"config": None}
 
@@ -214,6 +221,158 @@ def demo(
         raise _fail(
             f"{exc.code().name}: {exc.details()} (is the mesh running? `voxmesh status`)"
         ) from exc
+
+
+def _etcd(settings: Settings) -> Any:
+    import aetcd
+
+    return aetcd.Client(host=settings.host, port=settings.etcd.client_port, timeout=5)
+
+
+def _config_key(key: str) -> str:
+    from voxmesh.core.dynamic_config import check_key
+
+    try:
+        check_key(key)
+    except SettingsError as exc:
+        raise _fail(str(exc)) from exc
+    return key
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw  # a bare string
+
+
+@config_app.command("set")
+def config_set(key: str, value: str) -> None:
+    """Set KEY (e.g. limits.max_chunk_bytes) to VALUE (JSON, or a bare string)."""
+    from voxmesh.core.dynamic_config import apply_overrides, config_prefix
+
+    settings = _running_settings()
+    parsed = _parse_value(value)
+    try:
+        apply_overrides(settings, {_config_key(key): parsed})  # refuse what would not validate
+    except SettingsError as exc:
+        raise _fail(str(exc)) from exc
+
+    async def put() -> None:
+        async with _etcd(settings) as etcd:
+            await etcd.put(config_prefix(settings) + key.encode(), json.dumps(parsed).encode())
+
+    asyncio.run(put())
+    typer.echo(f"{key} = {json.dumps(parsed)}")
+
+
+@config_app.command("unset")
+def config_unset(key: str) -> None:
+    """Remove KEY from etcd: processes go back to their start-up value."""
+    from voxmesh.core.dynamic_config import config_prefix
+
+    settings = _running_settings()
+
+    async def delete() -> None:
+        async with _etcd(settings) as etcd:
+            await etcd.delete(config_prefix(settings) + _config_key(key).encode())
+
+    asyncio.run(delete())
+    typer.echo(f"{key} unset")
+
+
+async def _config_values(settings: Settings) -> dict[str, Any]:
+    from voxmesh.core.dynamic_config import config_prefix
+
+    prefix = config_prefix(settings)
+    async with _etcd(settings) as etcd:
+        listing = await etcd.get_prefix(prefix)
+        return {kv.key[len(prefix) :].decode(): json.loads(kv.value) for kv in listing}
+
+
+@config_app.command("get")
+def config_get(key: str) -> None:
+    """Print KEY's value: from etcd if set there, else the start-up value."""
+    settings = _running_settings()
+    values = asyncio.run(_config_values(settings))
+    section, _, name = _config_key(key).partition(".")
+    value = values.get(key, getattr(getattr(settings, section), name))
+    source = "etcd" if key in values else "config files"
+    typer.echo(f"{key} = {json.dumps(value)}  ({source})")
+
+
+@config_app.command("list")
+def config_list() -> None:
+    """Every dynamic setting set in etcd."""
+    values = asyncio.run(_config_values(_running_settings()))
+    for key in sorted(values):
+        typer.echo(f"{key} = {json.dumps(values[key])}")
+    if not values:
+        typer.echo("(no dynamic settings in etcd)")
+
+
+@config_app.command("watch")
+def config_watch(
+    count: Annotated[int, typer.Option(help="Stop after this many changes (0 = never).")] = 0,
+) -> None:
+    """Print each change to the dynamic settings as it happens."""
+    from voxmesh.core.dynamic_config import config_prefix
+
+    settings = _running_settings()
+    prefix = config_prefix(settings)
+
+    async def watch() -> None:
+        seen = 0
+        async with _etcd(settings) as etcd:
+            listing = await etcd.get_prefix(prefix)
+            stream = await etcd.watch_prefix(prefix, start_revision=listing.header.revision + 1)
+            typer.echo("watching (Ctrl-C to stop)")
+            async for event in stream:
+                key = event.kv.key[len(prefix) :].decode()
+                if event.kind == "DELETE":
+                    typer.echo(f"{key} unset")
+                else:
+                    typer.echo(f"{key} = {event.kv.value.decode()}")
+                seen += 1
+                if count and seen >= count:
+                    await stream.cancel()
+                    return
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(watch())
+
+
+@config_app.command("import")
+def config_import(file: Path) -> None:
+    """Import a legacy JSON cluster file (host lists and settings) into etcd."""
+    from voxmesh.core.dynamic_config import apply_overrides, config_prefix
+    from voxmesh.core.legacy_cluster import parse_legacy_cluster
+
+    settings = _running_settings()
+    try:
+        cluster = parse_legacy_cluster(file)
+        for key in cluster.settings:
+            _config_key(key)
+        apply_overrides(settings, cluster.settings)
+    except SettingsError as exc:
+        raise _fail(str(exc)) from exc
+
+    async def write() -> None:
+        legacy = f"{settings.etcd.prefix}/legacy/".encode()
+        async with _etcd(settings) as etcd:
+            for key, value in cluster.settings.items():
+                await etcd.put(config_prefix(settings) + key.encode(), json.dumps(value).encode())
+            for host in cluster.hosts:
+                record = {"weight": host.weight, "zone": host.zone, "cluster": cluster.name}
+                await etcd.put(
+                    legacy + f"{host.kind}/{host.address}".encode(), json.dumps(record).encode()
+                )
+
+    asyncio.run(write())
+    kinds = ", ".join(f"{sum(h.kind == k for h in cluster.hosts)} {k}" for k in SERVICE_KINDS)
+    typer.echo(
+        f"imported {cluster.name or file.name}: {len(cluster.settings)} settings, hosts: {kinds}"
+    )
 
 
 @token_app.command("issue")

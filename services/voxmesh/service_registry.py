@@ -7,6 +7,7 @@ the `type: ignore[abstract]` on such classes' construction in the factories).
 
 from __future__ import annotations
 
+from voxmesh.core.dynamic_config import DynamicSettings
 from voxmesh.core.ring_membership import RingMembership
 from voxmesh.core.service_runner import ServiceParts, ServiceRunner
 from voxmesh.core.settings import ServiceKind, Settings
@@ -56,4 +57,6 @@ def build_runner(
         interceptors=parts.interceptors,
         membership=membership,
         register_in_ring=join_ring,
+        settings_listeners=parts.settings_listeners,
+        dynamic=DynamicSettings(settings) if join_ring else None,
     )

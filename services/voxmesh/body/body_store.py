@@ -229,4 +229,5 @@ def create_body_service(settings: Settings) -> ServiceParts:
         ],
         startup_hooks=[domain.start],
         shutdown_hooks=[domain.close],
+        settings_listeners=[lambda new: setattr(domain, "limits", BodyLimits.from_settings(new))],
     )

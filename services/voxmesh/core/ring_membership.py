@@ -78,6 +78,16 @@ class RingMembership:
             asyncio.gather(*(event.wait() for event in self._loaded.values())), timeout_s
         )
 
+    def reconfigure(self, settings: Settings) -> None:
+        """New ring parameters (dynamic settings): rebuild the rings if vnodes changed."""
+        vnodes_changed = settings.rings.vnodes != self._settings.rings.vnodes
+        self._settings = settings
+        if vnodes_changed:
+            for kind, members in self._members.items():
+                self._rings[kind] = HashRing(members, vnodes=settings.rings.vnodes)
+                for listener in self._listeners:
+                    listener(kind)
+
     def on_change(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(kind)`` after a ring changes."""
         self._listeners.append(listener)

@@ -18,6 +18,7 @@ import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from voxmesh.core.dynamic_config import DynamicSettings, SettingsListener
 from voxmesh.core.ring_membership import Member, RingMembership
 from voxmesh.core.rpc_interceptors import (
     AroundInterceptor,
@@ -59,6 +60,8 @@ class ServiceParts:
     interceptors: list[AroundInterceptor] = field(default_factory=list)
     # The service's ring membership, if it watches rings; else the runner registers it alone.
     membership: RingMembership | None = None
+    # Called with the new settings when dynamic settings in etcd change.
+    settings_listeners: list[SettingsListener] = field(default_factory=list)
 
 
 @dataclass
@@ -78,6 +81,9 @@ class ServiceRunner:
     membership: RingMembership | None = None
     # False: watch the rings (a router must) without registering this process in them.
     register_in_ring: bool = True
+    settings_listeners: list[SettingsListener] = field(default_factory=list)
+    # Watch <prefix>/config in etcd and apply dynamic settings (real processes, not tests).
+    dynamic: DynamicSettings | None = None
 
     def __post_init__(self) -> None:
         self._server: grpc.aio.Server | None = None
@@ -145,6 +151,10 @@ class ServiceRunner:
         if self.membership is not None:
             me = Member(self.kind, self.node_id, self.address, self.settings.zone)
             await self.membership.start(me if self.register_in_ring else None)
+        if self.dynamic is not None:
+            for listener in self.settings_listeners:
+                self.dynamic.on_change(listener)
+            await self.dynamic.start()
         _log.info(
             "serving",
             kind=self.kind,
@@ -177,6 +187,8 @@ class ServiceRunner:
             await shutdown()
         if self.membership is not None:
             await self.membership.close()
+        if self.dynamic is not None:
+            await self.dynamic.close()
         self._stopped.set()
         _log.info("stopped")
 

@@ -41,6 +41,15 @@ class HeaderStore(pb_grpc.HeaderServiceServicer):
         self.messages = MessageRules(storage, limits)
         self.timeline = TimelineRules(storage)
 
+    def reconfigure(self, settings: Settings) -> None:
+        """Adopt new limits (dynamic settings) in every rules object."""
+        limits = HeaderLimits(
+            max_members_per_thread=settings.limits.max_members_per_thread,
+            max_text_bytes=settings.limits.max_text_bytes,
+        )
+        for rules in (self.threads, self.messages):
+            rules._limits = limits
+
     # -- messages --------------------------------------------------------------------------
 
     async def StartMessage(
@@ -308,4 +317,5 @@ def create_header_service(settings: Settings) -> ServiceParts:
         ],
         startup_hooks=[storage.open],
         shutdown_hooks=[storage.close],
+        settings_listeners=[servicer.reconfigure],
     )

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 import prometheus_client
 
 from voxmesh.common.v1 import update_pb2
+from voxmesh.core.structured_logging import get_logger
+
+_log = get_logger(__name__)
 
 DEVICES_CONNECTED = prometheus_client.Gauge(
     "voxmesh_router_devices_connected", "Devices with an open updates stream on this router."
@@ -73,8 +76,18 @@ class DeviceStream:
 
 class DeviceHub:
     def __init__(self, queue_max: int) -> None:
-        self._queue_max = queue_max
+        self.queue_max = queue_max  # for streams opened from now on (dynamic)
         self._by_user: dict[str, dict[str, DeviceStream]] = {}
+        # Told (user, device, live) when a device's stream opens or its last one closes:
+        # presence and the notification sender's live-device leases. They must not block.
+        self.listeners: list[Callable[[str, str, bool], None]] = []
+
+    def _tell(self, user_id: str, device_id: str, live: bool) -> None:
+        for listener in self.listeners:
+            try:
+                listener(user_id, device_id, live)
+            except Exception:
+                _log.exception("device listener failed", user_id=user_id)
 
     def connect(self, user_id: str, device_id: str) -> DeviceStream:
         """A new stream for the device; an older stream of the same device is closed."""
@@ -82,9 +95,10 @@ class DeviceHub:
         old = devices.get(device_id)
         if old is not None:
             old.close(f"device {device_id} opened a newer updates stream")
-        stream = DeviceStream(user_id, device_id, self._queue_max)
+        stream = DeviceStream(user_id, device_id, self.queue_max)
         devices[device_id] = stream
         DEVICES_CONNECTED.set(self.device_count())
+        self._tell(user_id, device_id, True)
         return stream
 
     def disconnect(self, stream: DeviceStream) -> None:
@@ -93,6 +107,7 @@ class DeviceHub:
             del devices[stream.device_id]
             if not devices:
                 del self._by_user[stream.user_id]
+            self._tell(stream.user_id, stream.device_id, False)
         DEVICES_CONNECTED.set(self.device_count())
 
     def deliver(

@@ -39,6 +39,10 @@ class MeshClients:
             ("grpc.max_reconnect_backoff_ms", 2000),
         ]
 
+    def reconfigure(self, settings: Settings) -> None:
+        self._settings = settings
+        self.membership.reconfigure(settings)
+
     def channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:

@@ -25,6 +25,7 @@ from voxmesh.header.v1 import header_service_pb2 as header_pb
 from voxmesh.router.body_writer import BodyWriter
 from voxmesh.router.device_hub import DeviceHub
 from voxmesh.router.mesh_clients import MeshClients
+from voxmesh.router.message_observers import MessageObservers
 from voxmesh.router.peer_links import PeerLinks
 from voxmesh.router.v1 import router_peer_service_pb2 as peer_pb
 from voxmesh.router.v1 import router_service_pb2 as pb
@@ -80,6 +81,11 @@ class MessageRelay:
         self.node_id = ""  # this router's ring id, once bound
         self._live: dict[str, LiveMessage] = {}
         self._abandon_watch: dict[str, asyncio.Task[None]] = {}
+        # Pushes and unread counts, "talking now": told of starts and ends, never awaited.
+        self.observers = MessageObservers()
+
+    def reconfigure(self, settings: Settings) -> None:
+        self._settings = settings
 
     # -- fan-out ---------------------------------------------------------------------------
 
@@ -173,6 +179,7 @@ class MessageRelay:
                 _event(header_added=header),
                 skip_device=(user_id, device_id),
             )
+            self.observers.message_started(header, live.targets)
         return live, durable
 
     async def _stat(self, header: message_pb2.MessageHeader) -> body_pb2.BodyStat:
@@ -255,6 +262,7 @@ class MessageRelay:
                 )
             ),
         )
+        self.observers.message_ended(reply.header, list(reply.member_user_ids) or live.targets)
         return reply.header
 
     # -- Send (bidirectional) --------------------------------------------------------------
@@ -417,6 +425,7 @@ class MessageRelay:
                 )
             ),
         )
+        self.observers.message_ended(header, list(reply.member_user_ids))
         return header
 
     def live_message(self, message_id: str) -> LiveMessage | None:

@@ -23,12 +23,13 @@ from voxmesh.core.ring_membership import RingMembership
 from voxmesh.core.service_runner import Registration, ServiceParts
 from voxmesh.core.settings import Settings
 from voxmesh.core.structured_logging import get_logger
-from voxmesh.core.unbuilt_rpcs import fill_unbuilt_rpcs
 from voxmesh.header.v1 import header_service_pb2 as header_pb
 from voxmesh.router.device_hub import DeviceHub
 from voxmesh.router.mesh_clients import RING_KINDS, MeshClients
 from voxmesh.router.message_relay import DELETED, RECALLED, MessageRelay, _event
 from voxmesh.router.peer_links import PeerLinks
+from voxmesh.router.presence_tracker import PresenceTracker
+from voxmesh.router.push_notices import PushNotices
 from voxmesh.router.router_peer import RouterPeer
 from voxmesh.router.updates_stream import MOVED, UpdatesStreamer
 from voxmesh.router.v1 import router_peer_service_pb2_grpc
@@ -55,6 +56,23 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self.relay = MessageRelay(settings, self.hub, self._mesh, self._links)
         self._updates = UpdatesStreamer(settings.updates, self.hub, self._mesh)
         membership.on_change(self._ring_changed)
+        # Pushes, unread counts and presence: told by the relay and the hub, never awaited.
+        self.notices = PushNotices(settings, self.hub, self._mesh)
+        self.presence = PresenceTracker(
+            settings.presence,
+            self._mesh,
+            lambda users, event: self.relay.fan_out(users, event, ephemeral=True),
+        )
+        self.relay.observers.extend([self.notices, self.presence])
+        self.hub.listeners.extend([self.notices.device_changed, self.presence.device_changed])
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Adopt dynamic settings: limits, timeouts, queue sizes, ring parameters."""
+        self._settings = settings
+        self.relay.reconfigure(settings)
+        self._updates.reconfigure(settings.updates)
+        self.hub.queue_max = settings.updates.queue_max
+        self._mesh.reconfigure(settings)
 
     def _ring_changed(self, kind: str) -> None:
         """Devices whose user is now homed elsewhere must move there (the rendezvous)."""
@@ -79,7 +97,13 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self.relay.node_id = node_id
         self._links.source_node_id = node_id
 
+    async def open(self) -> None:
+        await self.notices.start()
+        await self.presence.start()
+
     async def close(self) -> None:
+        await self.presence.close()
+        await self.notices.close()
         await self.relay.close()
         await self._mesh.close()
 
@@ -250,6 +274,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
                     )
                 ),
             )
+            self.relay.observers.message_ended(header, list(reply.member_user_ids))
         return pb.SendTextResponse(header=header)
 
     # -- listen ----------------------------------------------------------------------------
@@ -489,6 +514,19 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         if request.HasField("muted_until"):
             mute.muted_until.CopyFrom(request.muted_until)
         reply = await self._mesh.header(request.thread_id).MuteThread(mute)
+        await self.notices.mute_changed(user, request.thread_id, reply.user_state)
+        self.relay.fan_out(  # the user's other devices show the same mute
+            [user],
+            _event(
+                thread_changed=update_pb2.ThreadChanged(
+                    change=update_pb2.THREAD_CHANGE_KIND_MUTE_CHANGED,
+                    thread=thread_pb2.Thread(
+                        thread_id=request.thread_id, user_state=reply.user_state
+                    ),
+                    actor_user_id=user,
+                )
+            ),
+        )
         return pb.MuteThreadResponse(user_state=reply.user_state)
 
     async def ListMessages(
@@ -539,6 +577,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         )
         if reply.advanced:  # the user's other devices clear the same badge
             self.relay.fan_out([user], _event(mark=reply.mark), skip_device=(user, device_id))
+        self.notices.mark_made(reply.mark)  # even if not advanced: it re-syncs a stale count
         return reply.mark
 
     async def MarkRead(self, request: pb.MarkReadRequest, context: Context) -> pb.MarkReadResponse:
@@ -624,6 +663,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
             _event(header_added=reply.header),
             skip_device=(user, request.device_id),
         )
+        self.relay.observers.message_started(reply.header, list(reply.member_user_ids))
         return pb.ForwardMessageResponse(header=reply.header)
 
     async def RecallMessage(
@@ -667,17 +707,41 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
             raise InvalidArgument("scope must be DELETE_SCOPE_FOR_ME or DELETE_SCOPE_FOR_EVERYONE")
         return pb.DeleteMessageResponse(header=header)
 
+    # -- presence and pushes ---------------------------------------------------------------
 
-fill_unbuilt_rpcs(
-    NodeRouter,
-    pb.DESCRIPTOR.services_by_name["RouterService"],
-    "the notification sender (presence, typing, push registration)",
-)
+    async def SetTyping(
+        self, request: pb.SetTypingRequest, context: Context
+    ) -> pb.SetTypingResponse:
+        user = current_caller().user_id
+        await self._require_member(user, request.thread_id)
+        expires_at = await self.presence.set_typing(user, request.thread_id, request.typing)
+        return pb.SetTypingResponse(expires_at=expires_at)
+
+    async def SetPresence(
+        self, request: pb.SetPresenceRequest, context: Context
+    ) -> pb.SetPresenceResponse:
+        user = current_caller().user_id
+        presence = self.presence.set_presence(user, request.device_id, request.state)
+        return pb.SetPresenceResponse(presence=presence)
+
+    async def RegisterDevice(
+        self, request: pb.RegisterDeviceRequest, context: Context
+    ) -> pb.RegisterDeviceResponse:
+        user = current_caller().user_id
+        device = await self.notices.register_device(user, request.device)
+        return pb.RegisterDeviceResponse(device=device)
+
+    async def UnregisterDevice(
+        self, request: pb.UnregisterDeviceRequest, context: Context
+    ) -> pb.UnregisterDeviceResponse:
+        user = current_caller().user_id
+        await self.notices.unregister_device(user, request.device_id)
+        return pb.UnregisterDeviceResponse()
 
 
 def create_router_service(settings: Settings) -> ServiceParts:
     membership = RingMembership(settings, RING_KINDS)
-    router = NodeRouter(settings, membership)  # type: ignore[abstract]
+    router = NodeRouter(settings, membership)
     peer = RouterPeer(router.hub, membership)
     verifier = TokenVerifier(settings.auth)
     return ServiceParts(
@@ -694,6 +758,8 @@ def create_router_service(settings: Settings) -> ServiceParts:
             ),
         ],
         started_hooks=[router.bind, peer.bind],
+        settings_listeners=[router.reconfigure],
+        startup_hooks=[router.open],
         shutdown_hooks=[router.close],
         membership=membership,
         interceptors=[AuthInterceptor(verifier, ["voxmesh.router.v1.RouterService"])],

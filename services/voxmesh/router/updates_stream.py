@@ -33,6 +33,9 @@ class UpdatesStreamer:
         self._hub = hub
         self._mesh = mesh
 
+    def reconfigure(self, settings: UpdatesSettings) -> None:
+        self._settings = settings
+
     async def _replay(
         self, user: str, device: str, cursor: str
     ) -> AsyncIterator[tuple[list[update_pb2.UpdateEvent], str]]:
