@@ -158,7 +158,8 @@ async def test_updates_on_a_router_that_is_not_home_redirect_to_the_home(
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await collect_updates(device.updates(), lambda e: e.HasField("caught_up"))
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        trailers = {str(k): str(v) for k, v in refused.value.trailing_metadata() or ()}
+        metadata: Any = refused.value.trailing_metadata()  # grpc.aio.Metadata: (key, value)s
+        trailers = dict(metadata)
         assert trailers["voxmesh-routers"].split(",")[0] == home.address
     finally:
         await device.close()
