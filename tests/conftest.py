@@ -8,11 +8,11 @@ import os
 from collections.abc import Iterator
 
 import pytest
+
+from tests.ports import stack_overrides
 from voxmesh.core.settings import Settings, load_settings
 from voxmesh.stack import binaries
 from voxmesh.stack.local_stack import LocalStack
-
-from tests.ports import stack_overrides
 
 
 def require_spanner_emulator() -> None:

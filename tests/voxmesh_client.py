@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+
 from voxmesh.common.v1 import body_pb2, message_pb2, update_pb2
 from voxmesh.core.client_auth import issue_token
 from voxmesh.core.settings import Settings

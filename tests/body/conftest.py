@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+
 from voxmesh.body.body_domain import BodyDomain, BodyLimits
 from voxmesh.body.body_storage import (
     BodyStorage,

@@ -9,6 +9,15 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from prometheus_client import REGISTRY
+
+from tests.body.body_helpers import (
+    DelegatingStorage,
+    FlakyStorage,
+    GatedStorage,
+    body_bytes,
+    make_chunks,
+)
+from tests.body.conftest import DomainMaker, StorageFactory
 from voxmesh.body.body_domain import BodyDomain
 from voxmesh.body.body_model import (
     BodyState,
@@ -27,15 +36,6 @@ from voxmesh.core.domain_errors import (
     NotFound,
     OutOfRange,
 )
-
-from tests.body.body_helpers import (
-    DelegatingStorage,
-    FlakyStorage,
-    GatedStorage,
-    body_bytes,
-    make_chunks,
-)
-from tests.body.conftest import DomainMaker, StorageFactory
 
 T, M = "thread-1", "msg-1"
 OGG = "audio/ogg;codecs=opus"

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from voxmesh.body.v1 import body_service_pb2 as pb
 from voxmesh.body.v1 import body_service_pb2_grpc as pb_grpc
 from voxmesh.common.v1 import body_pb2 as body_pb

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+from tests.body.body_helpers import body_bytes, make_chunks
 from voxmesh.body.body_storage import (
     BatchConflict,
     BodyIndex,
@@ -15,8 +17,6 @@ from voxmesh.body.body_storage import (
     batch_name,
     parse_batch_name,
 )
-
-from tests.body.body_helpers import body_bytes, make_chunks
 
 KEY = BodyKey("thread-1", "msg-1")
 

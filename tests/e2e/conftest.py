@@ -4,10 +4,10 @@ import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from voxmesh.core.settings import Settings
-from voxmesh.stack.local_stack import LocalStack
 
 from tests.voxmesh_client import Device
+from voxmesh.core.settings import Settings
+from voxmesh.stack.local_stack import LocalStack
 
 _users = itertools.count()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from voxmesh.demo.conversation_demo import run_demo
 from voxmesh.demo.speech_audio import encode_ogg_opus, ogg_duration_s, synthesize
 from voxmesh.stack.local_stack import LocalStack
@@ -32,6 +33,8 @@ async def test_demo_conversation_writes_identical_playable_files(
     assert "DIFFERENT" not in transcript
     assert transcript.count("identical to what was sent") == 4
     assert "carol comes online later" in transcript and "'Talk later!'" in transcript
+    assert "carol's phone (offline) got 3 push(es)" in transcript
+    assert "Talk later!" in transcript.split("got 3 push(es)")[1]  # the text was pushed too
     assert set(files) == {
         "bob-heard-alice-live.ogg",
         "alice-heard-bob-live.ogg",

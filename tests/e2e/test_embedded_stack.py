@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
+from tests.ports import stack_overrides
+from tests.voxmesh_client import Device, send_voice, uuid7, voice_chunks
 from voxmesh.common.v1 import message_pb2, thread_pb2
 from voxmesh.core.settings import load_settings
 from voxmesh.router.v1 import router_service_pb2 as pb
 from voxmesh.stack.local_stack import LocalStack
-
-from tests.ports import stack_overrides
-from tests.voxmesh_client import Device, send_voice, uuid7, voice_chunks
 
 pytestmark = pytest.mark.stack
 

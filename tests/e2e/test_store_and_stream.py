@@ -14,10 +14,10 @@ from typing import Any
 
 import grpc
 import pytest
-from voxmesh.common.v1 import body_pb2, message_pb2, thread_pb2, update_pb2
-from voxmesh.router.v1 import router_service_pb2 as pb
 
 from tests.voxmesh_client import Device, collect_updates, send_voice, uuid7, voice_chunks
+from voxmesh.common.v1 import body_pb2, message_pb2, thread_pb2, update_pb2
+from voxmesh.router.v1 import router_service_pb2 as pb
 
 pytestmark = pytest.mark.stack
 

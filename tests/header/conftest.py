@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+
 from voxmesh.core.settings import Settings
 from voxmesh.header.header_records import HeaderLimits
 from voxmesh.header.header_storage import HeaderStorage

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from voxmesh.common.v1 import mark_pb2, message_pb2, thread_pb2
 from voxmesh.core.domain_errors import InvalidArgument
 from voxmesh.header.header_records import (

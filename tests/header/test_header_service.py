@@ -10,6 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
+
+from tests.header.conftest import BACKENDS
 from voxmesh.common.v1 import mark_pb2, message_pb2, thread_pb2
 from voxmesh.core.settings import Settings, load_settings
 from voxmesh.header.header_store import HeaderStore
@@ -17,8 +19,6 @@ from voxmesh.header.header_tokens import decode_cursor, encode_cursor
 from voxmesh.header.v1 import header_service_pb2 as pb
 from voxmesh.header.v1 import header_service_pb2_grpc as pb_grpc
 from voxmesh.service_registry import build_runner
-
-from tests.header.conftest import BACKENDS
 
 
 @pytest.fixture(params=BACKENDS)

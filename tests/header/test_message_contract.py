@@ -6,6 +6,9 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
+
+from tests.header.conftest import NodeMaker
+from tests.header.header_helpers import direct, group, place, text, voice
 from voxmesh.core.domain_errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -24,9 +27,6 @@ from voxmesh.header.header_records import (
     NewMessage,
 )
 from voxmesh.header.header_store import HeaderStore
-
-from tests.header.conftest import NodeMaker
-from tests.header.header_helpers import direct, group, place, text, voice
 
 TOTALS = MessageTotals(chunk_count=3, size_bytes=480, duration_nanos=60_000_000)
 

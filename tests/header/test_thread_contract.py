@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
+from tests.header.header_helpers import direct, group, text
 from voxmesh.core.domain_errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -14,8 +16,6 @@ from voxmesh.core.domain_errors import (
 )
 from voxmesh.header.header_records import MemberRole, ThreadKind
 from voxmesh.header.header_store import HeaderStore
-
-from tests.header.header_helpers import direct, group, text
 
 
 async def test_direct_thread_is_created_once_per_pair(store: HeaderStore) -> None:

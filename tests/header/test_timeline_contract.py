@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
+from tests.header.conftest import NodeMaker
+from tests.header.header_helpers import direct, group, text, voice
 from voxmesh.core.domain_errors import InvalidArgument, OutOfRange
 from voxmesh.header.header_records import MarkKind, MessageState, MessageTotals, TimelinePage
 from voxmesh.header.header_store import HeaderStore
 from voxmesh.header.header_tokens import decode_cursor, encode_cursor
-
-from tests.header.conftest import NodeMaker
-from tests.header.header_helpers import direct, group, text, voice
 
 
 async def listing(

@@ -12,10 +12,12 @@ import jwt
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from voxmesh.core.client_auth import issue_token
 from voxmesh.core.domain_errors import InvalidArgument
 from voxmesh.core.service_runner import Registration, ServiceRunner
 from voxmesh.core.settings import SERVICE_KINDS, ServiceKind, Settings, load_settings
+from voxmesh.core.unbuilt_rpcs import fill_unbuilt_rpcs
 from voxmesh.notification.v1 import notification_service_pb2 as n_pb
 from voxmesh.notification.v1 import notification_service_pb2_grpc as n_grpc
 from voxmesh.router.v1 import router_service_pb2 as router_pb
@@ -72,23 +74,63 @@ def _auth(settings: Settings, user: str = "alice") -> tuple[tuple[str, str], ...
     return (("authorization", f"Bearer {issue_token(settings.auth, user)}"),)
 
 
-async def test_unbuilt_rpc_answers_unimplemented_with_a_message(
+async def test_unbuilt_rpc_answers_unimplemented_with_a_message(settings: Settings) -> None:
+    # Every v1 RPC is built now: a servicer defining none of them shows the mechanism.
+    class Unbuilt(n_grpc.NotificationServiceServicer):
+        pass
+
+    fill_unbuilt_rpcs(
+        Unbuilt, n_pb.DESCRIPTOR.services_by_name["NotificationService"], "a later piece of work"
+    )
+    runner = ServiceRunner(
+        "notification",
+        settings,
+        [
+            Registration(
+                "voxmesh.notification.v1.NotificationService",
+                Unbuilt(),  # type: ignore[abstract]
+                n_grpc.add_NotificationServiceServicer_to_server,
+            )
+        ],
+        port=0,
+        metrics_port=0,
+    )
+    await runner.start()
+    try:
+        async with grpc.aio.insecure_channel(runner.address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as other:
+                await n_grpc.NotificationServiceStub(channel).ListDevices(n_pb.ListDevicesRequest())
+        assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        details = other.value.details() or ""
+        assert "NotificationService/ListDevices is not built yet" in details
+        assert "a later piece of work" in details
+    finally:
+        await runner.drain(grace_s=0)
+
+
+async def test_router_and_notification_rpcs_validate_their_input(
     router: ServiceRunner, settings: Settings
 ) -> None:
     async with grpc.aio.insecure_channel(router.address) as channel:
         stub = router_grpc.RouterServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as unary:
+        with pytest.raises(grpc.aio.AioRpcError) as typing:
             await stub.SetTyping(router_pb.SetTypingRequest(), metadata=_auth(settings))
-        assert unary.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "RouterService/SetTyping is not built yet" in (unary.value.details() or "")
+        assert typing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "thread_id is required" in (typing.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as presence:
+            await stub.SetPresence(
+                router_pb.SetPresenceRequest(device_id="phone"), metadata=_auth(settings)
+            )
+        assert presence.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "PRESENCE_STATE_ONLINE or PRESENCE_STATE_AWAY" in (presence.value.details() or "")
 
     notifier = await _start("notification", settings)
     try:
         async with grpc.aio.insecure_channel(notifier.address) as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as other:
+            with pytest.raises(grpc.aio.AioRpcError) as listing:
                 await n_grpc.NotificationServiceStub(channel).ListDevices(n_pb.ListDevicesRequest())
-        assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "NotificationService/ListDevices is not built yet" in (other.value.details() or "")
+        assert listing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "user_id is required" in (listing.value.details() or "")
     finally:
         await notifier.drain(grace_s=0)
 

@@ -13,15 +13,15 @@ import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests import grpc_web
+from tests.conftest import require_spanner_emulator
+from tests.ports import stack_overrides
 from voxmesh.core.client_auth import issue_token
 from voxmesh.core.settings import SERVICE_KINDS, Settings, load_settings
 from voxmesh.router.v1 import router_service_pb2 as router_pb
 from voxmesh.stack.components import SERVICE_PROTO_NAMES
 from voxmesh.stack.local_stack import LocalStack, StackError
-
-from tests import grpc_web
-from tests.conftest import require_spanner_emulator
-from tests.ports import stack_overrides
 
 pytestmark = pytest.mark.stack
 
@@ -96,14 +96,14 @@ def test_grpc_web_errors_come_back_with_status_and_message(local_stack: LocalSta
     )
     assert invalid.grpc_status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "user_id is required" in invalid.grpc_message
-    unbuilt = grpc_web.call(
+    typing = grpc_web.call(
         _gateway(settings),
         "voxmesh.router.v1.RouterService/SetTyping",
         router_pb.SetTypingRequest(),
         token=token,
     )
-    assert unbuilt.grpc_status == grpc.StatusCode.UNIMPLEMENTED.value[0]
-    assert "not built yet" in unbuilt.grpc_message
+    assert typing.grpc_status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "thread_id is required" in typing.grpc_message
 
 
 def test_cors_preflight_allows_configured_origins_only(local_stack: LocalStack) -> None:
@@ -158,6 +158,7 @@ def test_real_clients_reach_the_spanner_and_gcs_emulators(
 ) -> None:
     import google.cloud.storage as storage
     from google.cloud import spanner
+
     from voxmesh.stack.components import emulator_env
 
     settings = local_stack.settings

@@ -4,6 +4,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+
 from voxmesh.core.settings import SettingsError, load_settings
 
 
@@ -40,6 +41,7 @@ def test_json_settings_file_round_trips(tmp_path: Path) -> None:
     import json
 
     import pydantic
+
     from voxmesh.core.settings import Settings
 
     original = load_settings(environ={}, overrides={"router": {"port": 7300}})

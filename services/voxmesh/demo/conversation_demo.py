@@ -8,6 +8,7 @@ person can play, and the demo checks that what each participant got is what was 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 import uuid
@@ -18,10 +19,11 @@ from typing import Any
 
 import grpc
 
-from voxmesh.common.v1 import body_pb2, message_pb2, thread_pb2, update_pb2
+from voxmesh.common.v1 import body_pb2, device_pb2, message_pb2, thread_pb2, update_pb2
 from voxmesh.core.client_auth import issue_token
 from voxmesh.core.settings import Settings
 from voxmesh.demo.speech_audio import OggPage, encode_ogg_opus, ogg_duration_s, synthesize
+from voxmesh.notification.webhook_receiver import WebhookReceiver
 from voxmesh.router.v1 import router_service_pb2 as pb
 from voxmesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
@@ -139,6 +141,20 @@ async def run_demo(
         )
         thread_id = created.thread.thread_id
         say(f"alice created the group 'voxmesh demo' with bob and carol ({thread_id})")
+        # Carol's phone is reached by push: a webhook to a small receiver on loopback.
+        pushes = await WebhookReceiver(host=settings.host).start()
+        await carol.call(
+            "RegisterDevice",
+            pb.RegisterDeviceRequest(
+                device=device_pb2.Device(
+                    device_id="phone",
+                    platform=device_pb2.PLATFORM_WEBHOOK,
+                    push_token=pushes.url("/carol"),
+                    locale="en-US",
+                )
+            ),
+        )
+        say(f"carol registered her phone for pushes (webhook {pushes.url('/carol')})")
 
         listeners = []
         for person in (alice, bob):  # carol is offline
@@ -188,7 +204,9 @@ async def run_demo(
                 ),
             )
             say("alice texts: 'Talk later!'")
+            await _show_pushes(pushes, len(SCRIPT) + 1, say)
         finally:
+            await pushes.close()
             for task in listeners:
                 task.cancel()
 
@@ -220,6 +238,22 @@ async def run_demo(
             await home.close(None)
     say(f"play the files with any Ogg/Opus player, e.g. `ffplay {next(iter(files.values()))}`")
     return files
+
+
+async def _show_pushes(
+    receiver: WebhookReceiver, expected: int, say: Callable[[str], None]
+) -> None:
+    """What reached Carol's phone while she was offline: one push per message."""
+    with contextlib.suppress(TimeoutError):
+        await receiver.wait_for(lambda got: len(got) >= expected, timeout_s=10)
+    got = receiver.delivered()
+    say(f"carol's phone (offline) got {len(got)} push(es) by webhook:")
+    for push in got:
+        body = push.body
+        say(
+            f"  push {body['title']!r}: {body['body']!r} (badge {body['badge']}, "
+            f"{body['kind']} message {body['seq']})"
+        )
 
 
 async def _heard_live(listener: Participant, message_id: str, count: int) -> bytes:
