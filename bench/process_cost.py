@@ -1,0 +1,143 @@
+"""CPU seconds and peak resident memory of named processes over a stretch of a run."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+SAMPLE_EVERY_S = 0.2
+
+
+def _lifetime_peak_rss(pid: int) -> int:
+    """The kernel's high-water mark of resident memory (VmHWM), in bytes; 0 if unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+@dataclass
+class _Watched:
+    name: str
+    processes: list[psutil.Process]
+    cpu_start: float = 0.0
+    peak_rss: int = 0
+    cpu_end: float = 0.0
+    hwm: int = 0
+    gone: bool = False
+
+    def cpu(self) -> float:
+        total = 0.0
+        for process in self.processes:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                self.gone = True
+        return total
+
+    def rss(self) -> int:
+        total = 0
+        for process in self.processes:
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:
+                self.gone = True
+        return total
+
+
+class ProcessCost:
+    """Use as a context manager around the measured stretch; ``report()`` afterwards."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self._watched: list[_Watched] = []
+        for name, pid in pids.items():
+            try:
+                root = psutil.Process(pid)
+                family = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            self._watched.append(_Watched(name, family))
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, name="process-cost", daemon=True)
+        self.wall_s = 0.0
+        self._began = 0.0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(SAMPLE_EVERY_S):
+            for watched in self._watched:
+                watched.peak_rss = max(watched.peak_rss, watched.rss())
+
+    def __enter__(self) -> ProcessCost:
+        for watched in self._watched:
+            watched.cpu_start = watched.cpu()
+            watched.peak_rss = watched.rss()
+        self._began = time.monotonic()
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._sampler.join(timeout=2)
+        self.wall_s = time.monotonic() - self._began
+        for watched in self._watched:
+            watched.cpu_end = watched.cpu()
+            watched.peak_rss = max(watched.peak_rss, watched.rss())
+            watched.hwm = sum(_lifetime_peak_rss(p.pid) for p in watched.processes)
+
+    def report(self) -> dict[str, dict[str, float]]:
+        """Per process: CPU seconds in the stretch, peak RSS (MB) sampled in it, lifetime peak."""
+        return {
+            w.name: {
+                "cpu_s": round(w.cpu_end - w.cpu_start, 3),
+                "cpu_share": round((w.cpu_end - w.cpu_start) / self.wall_s, 3)
+                if self.wall_s
+                else 0.0,
+                "peak_rss_mb": round(w.peak_rss / 2**20, 1),
+                "lifetime_peak_rss_mb": round(w.hwm / 2**20, 1),
+            }
+            for w in self._watched
+        }
+
+    def total_cpu_s(self) -> float:
+        return sum(w.cpu_end - w.cpu_start for w in self._watched)
+
+
+def wait_until_quiet(
+    pids: Mapping[str, int], max_s: float, busy_share: float = 0.15, window_s: float = 0.5
+) -> float:
+    """Wait (at most ``max_s``) until the processes together use less than ``busy_share`` of a
+    core over a window: an overloaded step leaves backlogs that would colour the next one.
+    Returns the seconds waited."""
+    processes = []
+    for pid in pids.values():
+        try:
+            processes.append(psutil.Process(pid))
+        except psutil.Error:
+            continue
+
+    def cpu() -> float:
+        total = 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                continue
+        return total
+
+    began = time.monotonic()
+    while time.monotonic() - began < max_s:
+        before = cpu()
+        time.sleep(window_s)
+        if (cpu() - before) / window_s < busy_share:
+            break
+    return time.monotonic() - began
