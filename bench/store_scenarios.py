@@ -18,6 +18,7 @@ from bench.bench_parameters import FRAME_BYTES, FRAME_MS, BenchParameters
 from bench.bench_stack import VoxmeshStack
 from bench.latency_stats import summarize
 from bench.mesh_client import RouterChannels, TokenCache, chunk, read_stamp, stamped_payload, uuid7
+from voxmesh.body.body_storage import BATCHES, COMPOSE_SCRATCH
 from voxmesh.common.v1 import body_pb2, message_pb2, thread_pb2
 from voxmesh.router.v1 import router_service_pb2 as pb
 from voxmesh.stack.provisioning import emulator_environment
@@ -114,11 +115,22 @@ def stored_bytes(stack: VoxmeshStack, thread_id: str, message_id: str) -> dict[s
     if stack.backend == "google":
         import google.cloud.storage as storage
 
+        # Steady state, not a snapshot: after a finish the body store deletes its batch and
+        # compose-scratch objects in the background; wait (bounded) for that to settle.
+        transient = (f"/{BATCHES}/", f"/{COMPOSE_SCRATCH}")
+        deadline = time.monotonic() + 15
         with emulator_environment(settings):
             client = storage.Client(project=settings.gcs.project)
-            blobs = list(
-                client.list_blobs(settings.gcs.bucket, prefix=f"bodies/{thread_id}/{message_id}/")
-            )
+            while True:
+                blobs = list(
+                    client.list_blobs(
+                        settings.gcs.bucket, prefix=f"bodies/{thread_id}/{message_id}/"
+                    )
+                )
+                settled = not any(t in b.name for b in blobs for t in transient)
+                if settled or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
         return {"bytes": sum(int(b.size or 0) for b in blobs), "objects": len(blobs)}
     total = count = 0
     for path in settings.files_root.rglob("*"):
@@ -222,7 +234,7 @@ async def catch_up(stack: VoxmeshStack, params: BenchParameters, run_id: str) ->
         await asyncio.wait_for(listen(), 60 + params.catch_up_arrival_s + 60)
         frames = await asyncio.wait_for(speaking, 90)
         await asyncio.sleep(0.5)  # the body store tidies batches after the body is complete
-        stored = stored_bytes(stack, thread_id, message_id)
+        stored = await asyncio.to_thread(stored_bytes, stack, thread_id, message_id)
     finally:
         await session.close()
     caught_up_audio_s = live_index * FRAME_S
@@ -292,7 +304,7 @@ async def replay(stack: VoxmeshStack, params: BenchParameters, run_id: str) -> d
         )
         range_s = time.monotonic() - asked
         await asyncio.sleep(0.5)
-        stored = stored_bytes(stack, thread_id, message_id)
+        stored = await asyncio.to_thread(stored_bytes, stack, thread_id, message_id)
     finally:
         await session.close()
     audio_s = frames * FRAME_S
