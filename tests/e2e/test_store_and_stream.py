@@ -180,7 +180,7 @@ async def test_updates_stream_resumes_from_its_cursor_with_no_gap(devices: MakeD
     alice, bob = await devices("alice"), await devices("bob")
     thread = await _group(alice, bob)
     updates = bob.updates()
-    events = await collect_updates(updates, lambda e: e.HasField("caught_up"))
+    await collect_updates(updates, lambda e: e.HasField("caught_up"))
     first_text = uuid7()
     await alice.call(
         "SendText",
@@ -213,7 +213,6 @@ async def test_updates_stream_resumes_from_its_cursor_with_no_gap(devices: MakeD
     resumed.cancel()
     seen = {e.header_updated.message_id for e in replay if e.HasField("header_updated")}
     assert set(missed) <= seen
-    del events
 
 
 async def test_non_member_is_refused_everything(devices: MakeDevice) -> None:

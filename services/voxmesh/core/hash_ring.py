@@ -12,6 +12,8 @@ import bisect
 import hashlib
 from collections.abc import Iterable
 
+_HOME_CACHE_MAX = 100_000
+
 
 def ring_hash(value: str) -> int:
     return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "big")
@@ -28,6 +30,9 @@ class HashRing:
         )
         self._hashes = [h for h, _ in points]
         self._owners = [m for _, m in points]
+        # Homes are looked up per chunk on the live path; a ring never changes (a new one
+        # replaces it), so they can be remembered. Bounded: cleared when it grows too big.
+        self._homes: dict[str, str | None] = {}
 
     def __len__(self) -> int:
         return len(self.members)
@@ -48,8 +53,16 @@ class HashRing:
         return found
 
     def home(self, key: str) -> str | None:
+        try:
+            return self._homes[key]
+        except KeyError:
+            pass
         found = self.preference_list(key, 1)
-        return found[0] if found else None
+        home = found[0] if found else None
+        if len(self._homes) >= _HOME_CACHE_MAX:
+            self._homes.clear()
+        self._homes[key] = home
+        return home
 
     def shares(self) -> dict[str, float]:
         """Fraction of the key space each member is home for."""

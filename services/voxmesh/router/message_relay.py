@@ -60,7 +60,7 @@ class LiveMessage:
         return self.header.message_id
 
 
-def _event(**kwargs: object) -> update_pb2.UpdateEvent:
+def update_event(**kwargs: object) -> update_pb2.UpdateEvent:
     event = update_pb2.UpdateEvent(**kwargs)  # type: ignore[arg-type]
     event.occurred_at.GetCurrentTime()
     return event
@@ -176,7 +176,7 @@ class MessageRelay:
         if reply.created:
             self.fan_out(
                 live.targets,
-                _event(header_added=header),
+                update_event(header_added=header),
                 skip_device=(user_id, device_id),
             )
             self.observers.message_started(header, live.targets)
@@ -221,7 +221,7 @@ class MessageRelay:
         if fresh:
             self.fan_out(
                 live.targets,
-                _event(
+                update_event(
                     live_chunks=update_pb2.LiveChunks(
                         thread_id=live.thread_id, message_id=live.message_id, chunks=fresh
                     )
@@ -254,7 +254,7 @@ class MessageRelay:
         self._live.pop(live.message_id, None)
         self.fan_out(
             list(reply.member_user_ids) or live.targets,
-            _event(
+            update_event(
                 message_state_changed=update_pb2.MessageStateChanged(
                     header=reply.header,
                     previous_state=LIVE,
@@ -419,7 +419,7 @@ class MessageRelay:
                     )
         self.fan_out(
             list(reply.member_user_ids),
-            _event(
+            update_event(
                 message_state_changed=update_pb2.MessageStateChanged(
                     header=header, previous_state=reply.previous_state, actor_user_id=actor
                 )

@@ -26,7 +26,7 @@ from voxmesh.core.structured_logging import get_logger
 from voxmesh.header.v1 import header_service_pb2 as header_pb
 from voxmesh.router.device_hub import DeviceHub
 from voxmesh.router.mesh_clients import RING_KINDS, MeshClients
-from voxmesh.router.message_relay import DELETED, RECALLED, MessageRelay, _event
+from voxmesh.router.message_relay import DELETED, RECALLED, MessageRelay, update_event
 from voxmesh.router.peer_links import PeerLinks
 from voxmesh.router.presence_tracker import PresenceTracker
 from voxmesh.router.push_notices import PushNotices
@@ -151,7 +151,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         shared.ClearField("user_state")  # the caller's own state is not for the others
         self.relay.fan_out(
             members + (also or []),
-            _event(
+            update_event(
                 thread_changed=update_pb2.ThreadChanged(
                     change=change, thread=shared, actor_user_id=actor, user_ids=user_ids or []
                 )
@@ -266,7 +266,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
             header = reply.header
             self.relay.fan_out(
                 list(reply.member_user_ids),
-                _event(
+                update_event(
                     message_state_changed=update_pb2.MessageStateChanged(
                         header=header,
                         previous_state=message_pb2.MESSAGE_STATE_LIVE,
@@ -517,7 +517,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         await self.notices.mute_changed(user, request.thread_id, reply.user_state)
         self.relay.fan_out(  # the user's other devices show the same mute
             [user],
-            _event(
+            update_event(
                 thread_changed=update_pb2.ThreadChanged(
                     change=update_pb2.THREAD_CHANGE_KIND_MUTE_CHANGED,
                     thread=thread_pb2.Thread(
@@ -576,7 +576,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
             )
         )
         if reply.advanced:  # the user's other devices clear the same badge
-            self.relay.fan_out([user], _event(mark=reply.mark), skip_device=(user, device_id))
+            self.relay.fan_out([user], update_event(mark=reply.mark), skip_device=(user, device_id))
         self.notices.mark_made(reply.mark)  # even if not advanced: it re-syncs a stale count
         return reply.mark
 
@@ -607,7 +607,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         if reply.changed:
             self.relay.fan_out(
                 list(reply.member_user_ids),
-                _event(
+                update_event(
                     like_changed=update_pb2.LikeChanged(
                         like=reply.like, liked=True, like_count=reply.like_count
                     )
@@ -628,7 +628,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         if reply.changed:
             self.relay.fan_out(
                 list(reply.member_user_ids),
-                _event(
+                update_event(
                     like_changed=update_pb2.LikeChanged(
                         like=message_pb2.Like(
                             thread_id=request.thread_id, message_id=request.message_id, user_id=user
@@ -660,7 +660,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         )
         self.relay.fan_out(
             list(reply.member_user_ids),
-            _event(header_added=reply.header),
+            update_event(header_added=reply.header),
             skip_device=(user, request.device_id),
         )
         self.relay.observers.message_started(reply.header, list(reply.member_user_ids))
@@ -694,7 +694,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
             header = reply.header
             self.relay.fan_out(
                 [user],
-                _event(
+                update_event(
                     message_state_changed=update_pb2.MessageStateChanged(
                         header=header,
                         previous_state=header.state,

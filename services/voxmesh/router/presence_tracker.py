@@ -57,7 +57,7 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def _event(**kwargs: Any) -> update_pb2.UpdateEvent:
+def update_event(**kwargs: Any) -> update_pb2.UpdateEvent:
     event = update_pb2.UpdateEvent(**kwargs)
     event.occurred_at.GetCurrentTime()
     return event
@@ -213,7 +213,7 @@ class PresenceTracker:
         state = self._derive(user)
         if state != user.shown:
             user.shown = state
-            event = _event(presence=self.presence_of(user_id))
+            event = update_event(presence=self.presence_of(user_id))
             self._spawn(self._announce(user_id, event))
         if not user.devices and not user.manual:
             del self._users[user_id]
@@ -227,7 +227,7 @@ class PresenceTracker:
         for contact in await self._contacts_of(user_id):
             known = self._users.get(contact)
             if known is not None and known.shown != OFFLINE:
-                event = _event(presence=self.presence_of(contact))
+                event = update_event(presence=self.presence_of(contact))
                 self.fanout.publish([user_id], ("presence", contact), event)
 
     def device_changed(self, user_id: str, device_id: str, live: bool) -> None:
@@ -310,7 +310,7 @@ class PresenceTracker:
         indicator = presence_pb2.Typing(thread_id=thread_id, user_id=user_id, typing=typing)
         if typing:
             indicator.expires_at.CopyFrom(_timestamp(expires_at))
-        return _event(typing=indicator)
+        return update_event(typing=indicator)
 
     async def set_typing(
         self, user_id: str, thread_id: str, typing: bool
@@ -373,7 +373,7 @@ class PresenceTracker:
     def _publish_talking(
         self, header: message_pb2.MessageHeader, recipients: list[str], talking: bool
     ) -> None:
-        event = _event(
+        event = update_event(
             talking_now=presence_pb2.TalkingNow(
                 thread_id=header.thread_id,
                 user_id=header.sender_user_id,

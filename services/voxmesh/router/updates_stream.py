@@ -20,7 +20,7 @@ from voxmesh.core.settings import UpdatesSettings
 from voxmesh.header.v1 import header_service_pb2 as header_pb
 from voxmesh.router.device_hub import DeviceHub
 from voxmesh.router.mesh_clients import MeshClients
-from voxmesh.router.message_relay import _event
+from voxmesh.router.message_relay import update_event
 from voxmesh.router.v1 import router_service_pb2 as pb
 
 _REPLAY_PAGE = 200
@@ -52,16 +52,16 @@ class UpdatesStreamer:
                 )
             )
             events = [
-                _event(
+                update_event(
                     thread_changed=update_pb2.ThreadChanged(
                         change=update_pb2.THREAD_CHANGE_KIND_UPDATED, thread=thread
                     )
                 )
                 for thread in reply.threads
             ]
-            events += [_event(header_updated=header) for header in reply.headers]
+            events += [update_event(header_updated=header) for header in reply.headers]
             events += [
-                _event(
+                update_event(
                     thread_changed=update_pb2.ThreadChanged(
                         change=update_pb2.THREAD_CHANGE_KIND_MEMBER_REMOVED,
                         thread=thread_pb2.Thread(thread_id=thread_id),
@@ -94,7 +94,7 @@ class UpdatesStreamer:
                     yield pb.UpdatesResponse(events=events, cursor=page_cursor)
                 cursor = page_cursor
             yield pb.UpdatesResponse(
-                events=[_event(caught_up=update_pb2.CaughtUp(replayed_event_count=replayed))],
+                events=[update_event(caught_up=update_pb2.CaughtUp(replayed_event_count=replayed))],
                 cursor=cursor,
             )
             last_sent = last_sync = time.monotonic()
@@ -125,7 +125,9 @@ class UpdatesStreamer:
                 elif now - last_sent >= self._settings.heartbeat_s:
                     heartbeat = update_pb2.Heartbeat()
                     heartbeat.server_time.GetCurrentTime()
-                    yield pb.UpdatesResponse(events=[_event(heartbeat=heartbeat)], cursor=cursor)
+                    yield pb.UpdatesResponse(
+                        events=[update_event(heartbeat=heartbeat)], cursor=cursor
+                    )
                     last_sent = now
         finally:
             self._hub.disconnect(stream)
