@@ -144,6 +144,7 @@ async def send_voice(
     begin = first.accepted.durable_chunk_count if resume else 0
 
     acked = asyncio.Event()
+    stopped = asyncio.Event()
 
     async def read_acks() -> None:
         while True:
@@ -151,6 +152,8 @@ async def send_voice(
             if response is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
             responses.append(response)
+            if response.HasField("stopped"):
+                stopped.set()  # the status follows once we half-close
             if response.HasField("ack") and response.ack.durable_chunk_count:
                 acked.set()
             if response.HasField("ack") and acked_at is not None:
@@ -167,12 +170,20 @@ async def send_voice(
             call.cancel()
             reader.cancel()
             return responses
+        if stopped.is_set():
+            # The server takes no more: half-close and raise the status it ends with.
+            await call.done_writing()
+            await reader
+            raise AssertionError("Send stopped but ended without an error status")
         if sent_at is not None:
             sent_at[chunk.index] = time.perf_counter()
         try:
             await call.write(pb.SendRequest(chunks=[chunk]))
         except asyncio.InvalidStateError:
             await reader  # the server ended the call: raise its status (AioRpcError)
+            raise
+        except BaseException:
+            reader.cancel()
             raise
         count += 1
         if on_sent is not None:

@@ -379,6 +379,59 @@ async def test_bad_input_gets_a_precise_status_and_writes_nothing(devices: MakeD
     assert body.data == _audio(chunks)
 
 
+async def test_a_stopped_send_says_why_before_it_ends(devices: MakeDevice) -> None:
+    """A refused frame mid-Send: a `stopped` frame first, then the same status after half-close.
+
+    The stream is not torn down under a writing client (whose library could then report the
+    write as INTERNAL); a client that ignores the stop is cut off after the grace.
+    """
+    alice, bob = await devices("alice"), await devices("bob")
+    thread = await _group(alice, bob)
+    chunks = voice_chunks(6, seed="stop")
+    grace_s = alice.settings.body_store.send_stop_grace_s
+
+    async def open_send() -> Any:
+        call = alice.send_call()
+        start = message_pb2.MessageStart(
+            message_id=uuid7(),
+            thread_id=thread,
+            kind=message_pb2.MESSAGE_KIND_VOICE,
+            content_type="audio/ogg;codecs=opus",
+        )
+        await call.write(pb.SendRequest(start=start, device_id="phone", chunks=chunks[:2]))
+        assert (await call.read()).HasField("accepted")
+        await call.write(pb.SendRequest(chunks=[chunks[4]]))  # index gap: 2 and 3 missing
+        return call
+
+    async def until_stopped(call: Any) -> pb.SendResponse:
+        while True:
+            response: pb.SendResponse = await asyncio.wait_for(call.read(), 10)
+            assert response is not grpc.aio.EOF  # type: ignore[attr-defined]
+            if response.HasField("stopped"):
+                return response
+            assert response.HasField("ack"), response
+
+    polite = await open_send()
+    stopped = (await until_stopped(polite)).stopped
+    assert stopped.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "gap" in stopped.message
+    await polite.done_writing()
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await asyncio.wait_for(polite.read(), 10)
+    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert ended.value.details() == stopped.message
+
+    # A client that never half-closes is ended anyway, once the grace has passed.
+    stubborn = await open_send()
+    await until_stopped(stubborn)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(grpc.aio.AioRpcError) as cut:
+        await asyncio.wait_for(stubborn.read(), grace_s + 10)
+    assert cut.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert loop.time() - began >= grace_s * 0.8
+
+
 async def test_marks_reach_the_users_other_devices(devices: MakeDevice) -> None:
     alice = await devices("alice")
     bob_phone, bob_laptop = await devices("bob/phone"), await devices("bob/laptop")

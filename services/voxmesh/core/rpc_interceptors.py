@@ -45,6 +45,22 @@ def status_for(error: errors.DomainError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
+def client_status(error: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """The status a client sees for ``error``, or None when it is an internal failure.
+
+    Domain errors map by type; a downstream voxmesh call's status passes on as is.
+    """
+    if isinstance(error, errors.DomainError):
+        return status_for(error), str(error)
+    if isinstance(error, grpc.aio.AioRpcError):
+        code = error.code()
+        details = error.details() or code.name
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            details = f"a backing service is unavailable: {details}"
+        return code, details
+    return None
+
+
 if TYPE_CHECKING:  # generic in grpc-stubs only, not at run time
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
@@ -214,19 +230,13 @@ class ErrorMappingInterceptor(AroundInterceptor):
     ) -> AsyncIterator[None]:
         try:
             yield
-        except errors.DomainError as exc:
-            code = status_for(exc)
-            _log.info("rpc refused", code=code.name, reason=str(exc))
-            await context.abort(code, str(exc))
         except grpc.aio.AbortError:
             raise
-        except grpc.aio.AioRpcError as exc:
-            # A call to another voxmesh service failed with a precise status: pass it on.
-            code = exc.code()
-            details = exc.details() or code.name
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                details = f"a backing service is unavailable: {details}"
-            _log.info("downstream refused", code=code.name, reason=details)
+        except (errors.DomainError, grpc.aio.AioRpcError) as exc:
+            # A refusal, or a call to another voxmesh service that failed with a precise
+            # status: pass it on.
+            code, details = client_status(exc) or (grpc.StatusCode.UNKNOWN, "")
+            _log.info("rpc refused", code=code.name, reason=details)
             await context.abort(code, details)
         except Exception:
             # Never leak internals or crash the server: log it whole, tell the client little.

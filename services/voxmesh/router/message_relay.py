@@ -19,6 +19,7 @@ from voxmesh.body.v1 import body_service_pb2 as body_pb
 from voxmesh.common.v1 import body_pb2, message_pb2, update_pb2
 from voxmesh.core.domain_errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from voxmesh.core.ids import require_id
+from voxmesh.core.rpc_interceptors import client_status
 from voxmesh.core.settings import Settings
 from voxmesh.core.structured_logging import get_logger
 from voxmesh.header.v1 import header_service_pb2 as header_pb
@@ -301,6 +302,7 @@ class MessageRelay:
         writer = BodyWriter(
             self._mesh, live.thread_id, live.message_id, live.header.content_type, on_ack
         )
+        inbox = _SendInbox(frames)
 
         async def pump_frames() -> None:
             try:
@@ -313,7 +315,7 @@ class MessageRelay:
                         header = await self.complete(live, frame.end)
                         await out.put(pb.SendResponse(completed=pb.SendCompleted(header=header)))
                         break
-                    frame = await anext(frames, None)
+                    frame = await inbox.next()
                 await out.put(None)
             except BaseException as exc:
                 if not isinstance(exc, asyncio.CancelledError):
@@ -321,7 +323,7 @@ class MessageRelay:
                 raise
 
         completed = False
-        tasks = [asyncio.create_task(pump_frames())]
+        pump = asyncio.create_task(pump_frames())
         cut_off = asyncio.create_task(live.cut_off.wait())
         try:
             while True:
@@ -329,18 +331,29 @@ class MessageRelay:
                 done, _ = await asyncio.wait({getter, cut_off}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()
-                    raise FailedPrecondition(live.ended_reason or "message ended")
+                    stop: BaseException = FailedPrecondition(live.ended_reason or "message ended")
+                    break
                 item = getter.result()
                 if item is None:
                     return
                 if isinstance(item, BaseException):
-                    raise item
+                    stop = item
+                    break
                 completed = item.HasField("completed")
                 yield item
+            # Ending early with the client still writing: say why in a frame, let the client
+            # half-close, then end with that status (see SendStopped).
+            pump.cancel()
+            status = client_status(stop)
+            if status is not None:
+                code, details = status
+                yield pb.SendResponse(stopped=pb.SendStopped(code=code.value[0], message=details))
+                await inbox.drain(self._settings.body_store.send_stop_grace_s)
+            raise stop
         finally:
             cut_off.cancel()
-            for task in tasks:
-                task.cancel()
+            pump.cancel()
+            inbox.close()
             writer.close()
             if not completed:
                 # The sender vanished or failed mid-message: it may resume; if it does not,
@@ -435,3 +448,51 @@ class MessageRelay:
         for task in list(self._abandon_watch.values()):
             task.cancel()
         await self._links.close()
+
+
+class _SendInbox:
+    """A Send's client frames, read by one task.
+
+    The frame pump is cancelled when a stream stops early, and cancelling a pending read of
+    grpc's request iterator would close it; reading in a task of its own keeps the stream
+    readable, so a stop can drain what the client still sends until it half-closes. The
+    small queue keeps HTTP/2 flow control as the back-pressure on the sender.
+    """
+
+    def __init__(self, frames: AsyncIterator[pb.SendRequest], depth: int = 4) -> None:
+        self._queue: asyncio.Queue[pb.SendRequest | BaseException | None] = asyncio.Queue(depth)
+        self._half_closed = False
+        self._failed: BaseException | None = None
+        self._task = asyncio.create_task(self._read(frames))
+
+    async def _read(self, frames: AsyncIterator[pb.SendRequest]) -> None:
+        try:
+            async for frame in frames:
+                await self._queue.put(frame)
+        except Exception as exc:  # the client went away: the pump sees it as its error
+            await self._queue.put(exc)
+            return
+        await self._queue.put(None)
+
+    async def next(self) -> pb.SendRequest | None:
+        """The next frame, or None once the client half-closed."""
+        if self._failed is not None:
+            raise self._failed
+        if self._half_closed:
+            return None
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self._failed = item
+            raise item
+        self._half_closed = item is None
+        return item
+
+    async def drain(self, grace_s: float) -> None:
+        """Discard frames until the client half-closes or goes away, for at most ``grace_s``."""
+        with contextlib.suppress(Exception):  # timed out, or the client went away
+            async with asyncio.timeout(grace_s):
+                while await self.next() is not None:
+                    pass
+
+    def close(self) -> None:
+        self._task.cancel()
