@@ -405,3 +405,50 @@ async def test_push_delivery_latency(devices: MakeDevice, receiver: WebhookRecei
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     print(f"\npush latency (message start -> webhook received) ms p50={p50:.1f} p99={p99:.1f}")
     assert p99 < 2000
+
+
+async def test_a_notice_arriving_after_the_device_went_offline_is_judged_by_message_time(
+    devices: MakeDevice, receiver: WebhookReceiver, notifier: Any
+) -> None:
+    """Notices are queued: one can reach the notification node after the target's device
+    reported going offline. A device that was live when the message happened hears it live
+    (no push); one that was gone before it gets the push."""
+    alice, bob = await devices("alice"), await devices("bob")
+    thread = await _group(alice, bob)
+    await _register(bob, receiver, "/bob")
+    ttl = n_pb.ReportPresenceRequest().ttl
+    ttl.FromSeconds(30)
+    await notifier.ReportPresence(
+        n_pb.ReportPresenceRequest(user_id=bob.user_id, device_id=bob.device_id, live=True, ttl=ttl)
+    )
+    gone_ms = int(time.time() * 1000)
+    gone = n_pb.ReportPresenceRequest(user_id=bob.user_id, device_id=bob.device_id, live=False)
+    gone.observed_at.FromMilliseconds(gone_ms)
+    assert (await notifier.ReportPresence(gone)).live_device_count == 0
+
+    def header(seq: int, started_ms: int) -> message_pb2.MessageHeader:
+        made = message_pb2.MessageHeader(
+            thread_id=thread,
+            message_id=uuid7(),
+            seq=seq,
+            sender_user_id=alice.user_id,
+            kind=message_pb2.MESSAGE_KIND_TEXT,
+            state=message_pb2.MESSAGE_STATE_COMPLETE,
+            text="hi",
+        )
+        made.started_at.FromMilliseconds(started_ms)
+        made.completed_at.FromMilliseconds(started_ms)
+        return made
+
+    heard = header(1, gone_ms - 1000)  # happened while Bob was still connected
+    late = await notifier.NotifyMessage(
+        n_pb.NotifyMessageRequest(user_ids=[bob.user_id], header=heard)
+    )
+    assert (late.pushes_sent, late.pushes_skipped) == (0, 1)
+    missed = header(2, gone_ms + 1000)  # happened after Bob left
+    due = await notifier.NotifyMessage(
+        n_pb.NotifyMessageRequest(user_ids=[bob.user_id], header=missed)
+    )
+    assert (due.pushes_sent, due.pushes_skipped) == (1, 0)
+    pushes = await receiver.wait_for(lambda got: bool(_pushes_for(got, missed.message_id)))
+    assert _pushes_for(pushes, heard.message_id) == []

@@ -113,7 +113,10 @@ class DeviceRegistry:
 
     # -- live devices (leases renewed by the routers) --------------------------------------
 
-    async def report_live(self, user_id: str, device_id: str, live: bool, ttl_s: float) -> int:
+    async def report_live(
+        self, user_id: str, device_id: str, live: bool, ttl_s: float, observed_ms: int = 0
+    ) -> int:
+        """Record a live device's lease, or its going offline at ``observed_ms`` (or now)."""
         now = _now_ms()
         async with self._redis.pipeline(transaction=True) as pipe:
             if live:
@@ -123,9 +126,14 @@ class DeviceRegistry:
                 pipe.pexpire(live_key(user_id), int(ttl_s * 1000), nx=True)
             else:
                 pipe.hdel(live_key(user_id), device_id)
-            pipe.hset(seen_key(user_id), device_id, now)
+            pipe.hset(seen_key(user_id), device_id, now if live else observed_ms or now)
             await pipe.execute()
         return len(await self.live_devices(user_id))
+
+    async def live_since(self, user_id: str, since_ms: int) -> bool:
+        """Whether one of the user's devices was live at ``since_ms`` or later."""
+        seen = await self._redis.hvals(seen_key(user_id))
+        return any(int(at) >= since_ms for at in seen)
 
     async def live_devices(self, user_id: str) -> list[str]:
         leases = await self._redis.hgetall(live_key(user_id))

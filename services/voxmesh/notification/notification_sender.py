@@ -58,6 +58,15 @@ _PLATFORM_NAMES = {
 }
 
 
+def _event_ms(header: message_pb2.MessageHeader) -> int:
+    """Server time of what this notice announces: the start, or the completion."""
+    if header.state == message_pb2.MESSAGE_STATE_COMPLETE and header.HasField("completed_at"):
+        return int(header.completed_at.ToMilliseconds())
+    if header.HasField("started_at"):
+        return int(header.started_at.ToMilliseconds())
+    return int(header.updated_at.ToMilliseconds())
+
+
 def _enum_word(name: str) -> str:
     """MESSAGE_KIND_VOICE -> voice."""
     return name.rsplit("_", 1)[-1].lower()
@@ -162,8 +171,9 @@ class NotificationSender(pb_grpc.NotificationServiceServicer):
         if request.live and ttl_s <= 0:
             raise InvalidArgument("ttl is required for a live report (the router renews it)")
         ttl_s = min(ttl_s, self._push.max_live_report_ttl_s)
+        observed_ms = request.observed_at.ToMilliseconds() if request.HasField("observed_at") else 0
         count = await self.registry.report_live(
-            request.user_id, request.device_id, request.live, ttl_s
+            request.user_id, request.device_id, request.live, ttl_s, observed_ms
         )
         return pb.ReportPresenceResponse(live_device_count=count)
 
@@ -262,8 +272,12 @@ class NotificationSender(pb_grpc.NotificationServiceServicer):
         reason = ""
         if not unread:
             reason = "read"  # a mark from another device already covers it
-        elif await self.registry.live_devices(user):
-            reason = "live"  # the user hears it on an open updates stream
+        elif await self.registry.live_devices(user) or await self.registry.live_since(
+            user, _event_ms(header)
+        ):
+            # The user hears it on an open updates stream, or did when it happened (the
+            # device went offline after this notice was issued).
+            reason = "live"
         elif await self.registry.dnd(user):
             reason = "dnd"
         elif await self.registry.muted(user, header.thread_id):

@@ -82,7 +82,8 @@ class PushNotices:
         self._tasks: list[asyncio.Task[None]] = []
         # Live reports: the devices with an open updates stream here, and changes to send.
         self._connected: set[tuple[str, str]] = set()
-        self._dirty: dict[tuple[str, str], tuple[bool, int]] = {}
+        # (user, device) -> (live, issue number, when it changed in ms; 0 = a renewal)
+        self._dirty: dict[tuple[str, str], tuple[bool, int, int]] = {}
         self._wake = asyncio.Event()
         self._issued = 0
         self._applied = 0
@@ -238,7 +239,7 @@ class PushNotices:
         else:
             self._connected.discard(key)
         self._issued += 1
-        self._dirty[key] = (live, self._issued)
+        self._dirty[key] = (live, self._issued, int(time.time() * 1000))
         self._wake.set()
 
     async def _wait_for_reports(self, issued: int) -> None:
@@ -258,10 +259,12 @@ class PushNotices:
         next_renewal = time.monotonic() + ttl_s / 3
         limit = asyncio.Semaphore(self._settings.notices_concurrency)
 
-        async def report(user: str, device: str, live: bool) -> None:
+        async def report(user: str, device: str, live: bool, changed_ms: int) -> None:
             request = n_pb.ReportPresenceRequest(user_id=user, device_id=device, live=live)
             if live:
                 request.ttl.CopyFrom(ttl)
+            if changed_ms:
+                request.observed_at.FromMilliseconds(changed_ms)
             async with limit:
                 try:
                     async for attempt in tenacity.AsyncRetrying(
@@ -284,14 +287,17 @@ class PushNotices:
             self._wake.clear()
             if time.monotonic() >= next_renewal:
                 for key in self._connected:
-                    self._dirty.setdefault(key, (True, 0))
+                    self._dirty.setdefault(key, (True, 0, 0))
                 next_renewal = time.monotonic() + ttl_s / 3
             batch, self._dirty = self._dirty, {}
             if not batch:
                 continue
-            newest = max(issued for _, issued in batch.values())
+            newest = max(issued for _, issued, _ in batch.values())
             await asyncio.gather(
-                *(report(user, device, live) for (user, device), (live, _) in batch.items())
+                *(
+                    report(user, device, live, changed_ms)
+                    for (user, device), (live, _, changed_ms) in batch.items()
+                )
             )
             async with self._applied_changed:
                 self._applied = max(self._applied, newest)
