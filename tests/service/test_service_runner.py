@@ -315,3 +315,49 @@ async def test_drain_reports_not_serving_refuses_new_calls_and_finishes_in_fligh
             grpc.StatusCode.UNAVAILABLE,
             grpc.StatusCode.DEADLINE_EXCEEDED,
         )
+
+
+class _QuickRouter(router_grpc.RouterServiceServicer):
+    async def Discover(self, request: Any, context: Any) -> Any:
+        return router_pb.DiscoverResponse(routers=[router_pb.RouterNode(node_id="quick")])
+
+
+async def test_drain_keeps_serving_until_new_calls_stop_arriving() -> None:
+    """Past the drain delay, a server still receiving calls (a proxy that has not seen the
+    NOT_SERVING yet) keeps serving them, for at most another delay, instead of stopping
+    under them; once they stop it stops."""
+    settings = load_settings(environ={"VOXMESH__ROUTER__DRAIN_DELAY_S": "0.4"})
+    runner = ServiceRunner(
+        "router",
+        settings,
+        [
+            Registration(
+                "voxmesh.router.v1.RouterService",
+                _QuickRouter(),  # type: ignore[abstract]
+                router_grpc.add_RouterServiceServicer_to_server,
+            )
+        ],
+        port=0,
+        metrics_port=0,
+    )
+    await runner.start()
+    calling = asyncio.Event()
+    calling.set()
+    answered: list[str] = []
+    async with grpc.aio.insecure_channel(runner.address) as channel:
+        stub = router_grpc.RouterServiceStub(channel)
+
+        async def keep_calling() -> None:
+            while calling.is_set():
+                reply = await stub.Discover(router_pb.DiscoverRequest(user_id="a"), timeout=5)
+                answered.append(reply.routers[0].node_id)
+                await asyncio.sleep(0.02)
+
+        caller = asyncio.ensure_future(keep_calling())
+        drain = asyncio.ensure_future(runner.drain())
+        await asyncio.sleep(0.6)  # past the delay: calls still arrive, so still serving
+        assert not drain.done()
+        calling.clear()
+        await asyncio.wait_for(caller, 5)  # every call answered, none cancelled
+        await asyncio.wait_for(drain, 5)
+    assert len(answered) > 10 and set(answered) == {"quick"}

@@ -199,12 +199,17 @@ class MetricsInterceptor(AroundInterceptor):
 
     def __init__(self, service: str) -> None:
         self._service = service
+        # When the last call other than a health check started (monotonic): a draining
+        # server waits until callers have stopped sending it new calls.
+        self.last_call_started = 0.0
 
     @asynccontextmanager
     async def around(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[None]:
         name = method.rsplit("/", 1)[-1]
+        if not method.startswith("/grpc.health."):
+            self.last_call_started = time.monotonic()
         RPC_STARTED.labels(self._service, name).inc()
         in_flight = RPC_IN_FLIGHT.labels(self._service)
         in_flight.inc()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ from voxmesh.core.settings import ServiceKind, Settings
 from voxmesh.core.structured_logging import get_logger
 
 _log = get_logger(__name__)
+# A draining server stops once no new call has reached it for this long.
+_DRAIN_QUIET_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class ServiceRunner:
         self._stopped = asyncio.Event()
         self.bound_port = 0
         self.bound_metrics_port = 0
+        self._metrics = MetricsInterceptor(self.kind)
         self.address = ""
         self.node_id = ""
 
@@ -108,7 +112,7 @@ class ServiceRunner:
         server = grpc.aio.server(
             interceptors=[
                 RequestContextInterceptor(),
-                MetricsInterceptor(self.kind),
+                self._metrics,
                 ErrorMappingInterceptor(),
                 *self.interceptors,
             ],
@@ -179,6 +183,14 @@ class ServiceRunner:
         if delay:
             # Still serving: Envoy's health checks and the rings' watchers move callers away.
             await asyncio.sleep(delay)
+            # Then until they have (no new call for a moment), for at most another delay: a
+            # call arriving as the server stops would be cancelled.
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline:
+                quiet_for = time.monotonic() - self._metrics.last_call_started
+                if quiet_for >= _DRAIN_QUIET_S:
+                    break
+                await asyncio.sleep(min(_DRAIN_QUIET_S - quiet_for, deadline - time.monotonic()))
         await self._server.stop(grace)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

@@ -45,8 +45,9 @@ def render_envoy_config(
             "timeout": "0s",
             "max_stream_duration": {"grpc_timeout_header_max": "0s"},
             # A router that is draining or gone: try another before the client sees an error.
+            # grpc cancels calls that reach a server as it stops (before any handler ran).
             "retry_policy": {
-                "retry_on": "unavailable,reset,connect-failure,refused-stream",
+                "retry_on": "unavailable,cancelled,reset,connect-failure,refused-stream",
                 "num_retries": 2,
                 "retry_host_predicate": [
                     {
