@@ -426,19 +426,8 @@ async def test_a_notice_arriving_after_the_device_went_offline_is_judged_by_mess
     gone.observed_at.FromMilliseconds(gone_ms)
     assert (await notifier.ReportPresence(gone)).live_device_count == 0
 
-    def header(seq: int, started_ms: int) -> message_pb2.MessageHeader:
-        made = message_pb2.MessageHeader(
-            thread_id=thread,
-            message_id=uuid7(),
-            seq=seq,
-            sender_user_id=alice.user_id,
-            kind=message_pb2.MESSAGE_KIND_TEXT,
-            state=message_pb2.MESSAGE_STATE_COMPLETE,
-            text="hi",
-        )
-        made.started_at.FromMilliseconds(started_ms)
-        made.completed_at.FromMilliseconds(started_ms)
-        return made
+    def header(seq: int, at_ms: int) -> message_pb2.MessageHeader:
+        return _text_header(thread, alice.user_id, seq, at_ms)
 
     heard = header(1, gone_ms - 1000)  # happened while Bob was still connected
     late = await notifier.NotifyMessage(
@@ -452,3 +441,53 @@ async def test_a_notice_arriving_after_the_device_went_offline_is_judged_by_mess
     assert (due.pushes_sent, due.pushes_skipped) == (1, 0)
     pushes = await receiver.wait_for(lambda got: bool(_pushes_for(got, missed.message_id)))
     assert _pushes_for(pushes, heard.message_id) == []
+
+
+def _text_header(thread: str, sender: str, seq: int, at_ms: int) -> message_pb2.MessageHeader:
+    """A complete text message's header as the header store makes it, at server time at_ms."""
+    made = message_pb2.MessageHeader(
+        thread_id=thread,
+        message_id=uuid7(),
+        seq=seq,
+        sender_user_id=sender,
+        kind=message_pb2.MESSAGE_KIND_TEXT,
+        state=message_pb2.MESSAGE_STATE_COMPLETE,
+        text="hi",
+    )
+    made.started_at.FromMilliseconds(at_ms)
+    made.completed_at.FromMilliseconds(at_ms)
+    return made
+
+
+async def test_do_not_disturb_is_judged_by_when_the_message_happened(
+    devices: MakeDevice, receiver: WebhookReceiver, notifier: Any
+) -> None:
+    """A late notice for a message sent during do-not-disturb is held even once it is off;
+    one for a message sent before it began is pushed even while it is on."""
+    alice, bob = await devices("alice"), await devices("bob")
+    thread = await _group(alice, bob)
+    await _register(bob, receiver, "/bob")
+
+    async def notify(seq: int, at_ms: int) -> tuple[str, int, int]:
+        header = _text_header(thread, alice.user_id, seq, at_ms)
+        reply = await notifier.NotifyMessage(
+            n_pb.NotifyMessageRequest(user_ids=[bob.user_id], header=header)
+        )
+        return header.message_id, reply.pushes_sent, reply.pushes_skipped
+
+    before_ms = int(time.time() * 1000) - 1000
+    await notifier.SetDoNotDisturb(n_pb.SetDoNotDisturbRequest(user_id=bob.user_id, enabled=True))
+    during_ms = int(time.time() * 1000) + 50
+    await asyncio.sleep(0.1)
+    early, sent, skipped = await notify(1, before_ms)  # sent before DND began: late notice
+    assert (sent, skipped) == (1, 0)
+    await notifier.SetDoNotDisturb(n_pb.SetDoNotDisturbRequest(user_id=bob.user_id, enabled=False))
+    held, sent, skipped = await notify(2, during_ms)  # sent during DND, arrives after it
+    assert (sent, skipped) == (0, 1)
+    await asyncio.sleep(0.05)
+    after, sent, skipped = await notify(3, int(time.time() * 1000))
+    assert (sent, skipped) == (1, 0)
+    pushes = await receiver.wait_for(
+        lambda got: bool(_pushes_for(got, early)) and bool(_pushes_for(got, after))
+    )
+    assert _pushes_for(pushes, held) == []

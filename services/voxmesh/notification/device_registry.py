@@ -23,6 +23,10 @@ _MAX_SHORT_FIELD = 64
 _PLATFORMS = (device_pb2.PLATFORM_WEBHOOK, device_pb2.PLATFORM_FCM, device_pb2.PLATFORM_APNS)
 
 
+# A finished do-not-disturb period is remembered this long: longer than any notice waits.
+_DND_PERIOD_KEPT_MS = 24 * 3600 * 1000
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -47,6 +51,10 @@ def seen_key(user_id: str) -> str:
 
 def dnd_key(user_id: str) -> str:
     return f"vx:dnd:{{{user_id}}}"
+
+
+def dnd_period_key(user_id: str) -> str:
+    return f"vx:dnd-period:{{{user_id}}}"
 
 
 def mutes_key(user_id: str) -> str:
@@ -147,18 +155,40 @@ class DeviceRegistry:
     # -- do-not-disturb and mutes ----------------------------------------------------------
 
     async def set_dnd(self, user_id: str, enabled: bool, until_ms: int) -> tuple[bool, int]:
-        key = dnd_key(user_id)
-        if not enabled or (until_ms and until_ms <= _now_ms()):
-            await self._redis.delete(key)
+        """Turn do-not-disturb on (until ``until_ms``, 0 = until turned off) or off.
+
+        The last finished period is kept too, so a notice that arrives late is judged by
+        whether do-not-disturb was on when its message happened, not when it arrived.
+        """
+        key, period = dnd_key(user_id), dnd_period_key(user_id)
+        now = _now_ms()
+        if not enabled or (until_ms and until_ms <= now):
+            began = await self._redis.get(key)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                if began is not None:
+                    pipe.set(period, f"{int(began)}:{now}", px=_DND_PERIOD_KEPT_MS)
+                await pipe.execute()
             return False, 0
-        if until_ms:
-            await self._redis.set(key, until_ms, pxat=until_ms)  # lapses by itself
-        else:
-            await self._redis.set(key, 0)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if until_ms:
+                pipe.set(key, now, pxat=until_ms)  # lapses by itself: record its period now
+                pipe.set(period, f"{now}:{until_ms}", pxat=until_ms + _DND_PERIOD_KEPT_MS)
+            else:
+                pipe.set(key, now)
+            await pipe.execute()
         return True, until_ms
 
-    async def dnd(self, user_id: str) -> bool:
-        return bool(await self._redis.exists(dnd_key(user_id)))
+    async def dnd(self, user_id: str, at_ms: int) -> bool:
+        """Whether do-not-disturb was on at ``at_ms`` (on now since then, or a period that
+        covered it)."""
+        began, period = await self._redis.mget(dnd_key(user_id), dnd_period_key(user_id))
+        if began is not None and int(began) <= at_ms:
+            return True
+        if period is not None:
+            start, _, end = as_str(period).partition(":")
+            return int(start) <= at_ms <= int(end)
+        return False
 
     async def set_mute(self, user_id: str, thread_id: str, muted: bool, until_ms: int) -> bool:
         if not muted or (until_ms and until_ms <= _now_ms()):

@@ -278,7 +278,7 @@ class NotificationSender(pb_grpc.NotificationServiceServicer):
             # The user hears it on an open updates stream, or did when it happened (the
             # device went offline after this notice was issued).
             reason = "live"
-        elif await self.registry.dnd(user):
+        elif await self.registry.dnd(user, _event_ms(header)):
             reason = "dnd"
         elif await self.registry.muted(user, header.thread_id):
             reason = "muted"
