@@ -11,7 +11,6 @@ process keeps its last good settings.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import typing
@@ -87,8 +86,8 @@ class DynamicSettings:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            # Bounded: closing the etcd client inside the task can block (see ring_membership).
+            await asyncio.wait({self._task}, timeout=3.0)
 
     def _apply(self, overrides: dict[str, Any]) -> None:
         try:

@@ -23,6 +23,8 @@ from voxmesh.core.settings import Settings
 from voxmesh.core.structured_logging import get_logger
 
 _log = get_logger(__name__)
+# Longest wait for the watch tasks, then for the etcd client, when closing.
+_CLOSE_WAIT_S = 3.0
 _RETRY_S = 0.5
 
 
@@ -117,12 +119,18 @@ class RingMembership:
         await self.leave()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        # aetcd's watcher can block in its own teardown (a full internal queue): wait a
+        # bounded time and leave stragglers cancelled, so closing never hangs a drain.
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=_CLOSE_WAIT_S)
         if self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.close()
+            closing = asyncio.create_task(self._client.close())
+            await asyncio.wait({closing}, timeout=_CLOSE_WAIT_S)
+            if not closing.done():
+                _log.warning("etcd client did not close in time; abandoning it")
+                closing.cancel()
+            elif not closing.cancelled() and closing.exception() is not None:
+                _log.debug("etcd client close failed", error=repr(closing.exception()))
 
     # -- registration ----------------------------------------------------------------------
 
