@@ -10,6 +10,8 @@ import asyncio
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -367,6 +369,78 @@ async def test_a_stopped_member_leaves_within_the_lease_and_rejoins(
         f"rejoined {back:.2f} s after SIGCONT"
     )
     assert left <= LEASE_TTL_S + 2
+
+
+async def test_a_message_whose_router_died_is_abandoned_by_its_body_node(
+    ring_stack: LocalStack, rings: RingMembership
+) -> None:
+    """The sender's router is killed mid-message and the sender never comes back: the body
+    node gives up on the idle body and marks the header ABANDONED, keeping what was durable
+    (the router that would have done it is gone)."""
+    settings = ring_stack.settings
+    idle_s = 2.0
+
+    def config(*args: str) -> None:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "voxmesh",
+                "--config",
+                str(ring_stack.paths.settings_file),
+                "config",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+
+    victim_address, survivor = (m.address for m in rings.members("router"))
+    victim = _component_for(ring_stack, victim_address)
+    alice = Device(settings, "ab-alice", "phone", victim_address)
+    bob = Device(settings, "ab-bob", "phone", survivor)
+    await asyncio.to_thread(config, "set", "body_store.abandon_after_s", str(idle_s))
+    try:
+        thread = await _group(alice, bob)
+        message_id = uuid7()
+        chunks = voice_chunks(20, seed="abandon")
+        call = alice.send_call()
+        start = message_pb2.MessageStart(
+            message_id=message_id,
+            thread_id=thread,
+            kind=message_pb2.MESSAGE_KIND_VOICE,
+            content_type="audio/ogg;codecs=opus",
+        )
+        await call.write(pb.SendRequest(start=start, device_id="phone", chunks=chunks))
+        durable = 0
+        while durable < len(chunks):
+            reply = await asyncio.wait_for(call.read(), 10)
+            if reply.HasField("ack"):
+                durable = reply.ack.durable_chunk_count
+        os.kill(_pid(ring_stack, victim), signal.SIGKILL)
+        call.cancel()
+
+        async def state() -> int:
+            got = await bob.call(
+                "GetMessage", pb.GetMessageRequest(thread_id=thread, message_id=message_id)
+            )
+            return int(got.header.state)
+
+        deadline = time.monotonic() + idle_s + 20
+        while await state() != message_pb2.MESSAGE_STATE_ABANDONED:
+            assert time.monotonic() < deadline, "the header never became ABANDONED"
+            await asyncio.sleep(0.2)
+        read, end = await bob.read_body(thread, message_id)
+        assert end.end.state == message_pb2.MESSAGE_STATE_ABANDONED
+        assert b"".join(c.payload for c in read) == b"".join(c.payload for c in chunks)
+    finally:
+        await asyncio.to_thread(config, "unset", "body_store.abandon_after_s")
+        await alice.close()
+        await bob.close()
+        _restart(ring_stack, victim)
+        await _wait_for(lambda: len(rings.members("router")) == 2, 20, "the router to rejoin")
 
 
 async def test_sigterm_drains_a_router_with_zero_client_errors(

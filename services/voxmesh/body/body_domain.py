@@ -171,6 +171,9 @@ class BodyDomain:
         self._background: set[asyncio.Task[object]] = set()
         self._abandoner: asyncio.Task[None] | None = None
         self._closing = False
+        # Called with (thread_id, message_id) once this node abandoned an idle body on its
+        # own: the router that would have marked the header may be the process that died.
+        self.on_abandoned: Callable[[str, str], Awaitable[None]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -776,10 +779,9 @@ class BodyDomain:
             _log.warning("batches not removed", message_id=key.message_id, error=str(exc))
 
     async def _abandon_idle_bodies(self) -> None:
-        after = self.limits.abandon_after_s
-        period = min(max(after / 4, 0.01), 1.0)
         while True:
-            await asyncio.sleep(period)
+            after = self.limits.abandon_after_s  # dynamic: read each round
+            await asyncio.sleep(min(max(after / 4, 0.01), 1.0))
             now = time.monotonic()
             for body in list(self._live.values()):
                 if body.writable and not body.evicted and now - body.last_activity >= after:
@@ -794,6 +796,16 @@ class BodyDomain:
         except DomainError as exc:
             _log.warning("abandon failed", message_id=body.key.message_id, error=str(exc))
             body.last_activity = time.monotonic()  # try again after another idle period
+            return
+        if self.on_abandoned is not None:
+            try:
+                await self.on_abandoned(body.key.thread_id, body.key.message_id)
+            except Exception as exc:  # the callback retries; a header left LIVE is logged
+                _log.warning(
+                    "header not told of abandonment",
+                    message_id=body.key.message_id,
+                    error=repr(exc),
+                )
 
     # -- deleting ----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
+import tenacity
 from google.protobuf.duration_pb2 import Duration
 
 from voxmesh.body.body_domain import BodyDomain, BodyLimits
@@ -32,8 +33,11 @@ from voxmesh.body.v1 import body_service_pb2_grpc as pb_grpc
 from voxmesh.common.v1 import body_pb2 as body_pb
 from voxmesh.common.v1 import message_pb2 as message_pb
 from voxmesh.core.domain_errors import InvalidArgument
+from voxmesh.core.mesh_clients import MeshClients
+from voxmesh.core.ring_membership import RingMembership
 from voxmesh.core.service_runner import Registration, ServiceParts
 from voxmesh.core.settings import Settings
+from voxmesh.header.v1 import header_service_pb2 as header_pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -221,6 +225,30 @@ def open_body_storage(settings: Settings) -> BodyStorage:
 def create_body_service(settings: Settings) -> ServiceParts:
     domain = BodyDomain(open_body_storage(settings), BodyLimits.from_settings(settings))
     servicer = BodyStore(domain)
+    # The header ring: to mark a message ABANDONED when this node gives up on its body (the
+    # sender's router, which would have done it, may be what died).
+    membership = RingMembership(settings, ("header",))
+    mesh = MeshClients(settings, membership)
+
+    async def tell_header(thread_id: str, message_id: str) -> None:
+        request = header_pb.SetMessageStateRequest(
+            thread_id=thread_id, message_id=message_id, state=message_pb.MESSAGE_STATE_ABANDONED
+        )
+        async for attempt in tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_delay(30),
+            wait=tenacity.wait_random_exponential(multiplier=0.2, max=5),
+            retry=tenacity.retry_if_exception(_header_unreachable),
+            reraise=True,
+        ):
+            with attempt:
+                try:
+                    await mesh.header(thread_id).SetMessageState(request, timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                        return  # completed, recalled or deleted meanwhile: nothing to do
+                    raise
+
+    domain.on_abandoned = tell_header
     return ServiceParts(
         [
             Registration(
@@ -228,6 +256,14 @@ def create_body_service(settings: Settings) -> ServiceParts:
             )
         ],
         startup_hooks=[domain.start],
-        shutdown_hooks=[domain.close],
+        shutdown_hooks=[domain.close, mesh.close],
+        membership=membership,
         settings_listeners=[lambda new: setattr(domain, "limits", BodyLimits.from_settings(new))],
+    )
+
+
+def _header_unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
     )

@@ -20,11 +20,12 @@ import redis.asyncio as aioredis
 from voxmesh.common.v1 import device_pb2, message_pb2, thread_pb2
 from voxmesh.core.domain_errors import InvalidArgument
 from voxmesh.core.ids import require_id
+from voxmesh.core.mesh_clients import MeshClients
+from voxmesh.core.ring_membership import RingMembership
 from voxmesh.core.service_runner import Registration, ServiceParts
 from voxmesh.core.settings import Settings
 from voxmesh.core.structured_logging import get_logger
 from voxmesh.header.v1 import header_service_pb2 as header_pb
-from voxmesh.header.v1 import header_service_pb2_grpc as header_grpc
 from voxmesh.notification.device_registry import DeviceRegistry
 from voxmesh.notification.push_providers import (
     PushContent,
@@ -101,13 +102,14 @@ class NotificationSender(pb_grpc.NotificationServiceServicer):
         self._redis = aioredis.Redis(
             host=settings.host, port=settings.redis.port, health_check_interval=30
         )
-        # Opened in open(): a grpc.aio channel belongs to the loop it was made in.
-        self._header_channel: grpc.aio.Channel | None = None
-        self._headers: header_grpc.HeaderServiceAsyncStub
+        # Header nodes from the header ring (any one serves any thread; the thread's home
+        # first); channels are made lazily, in the serving loop.
+        self.membership = RingMembership(settings, ("header",))
+        self._mesh = MeshClients(settings, self.membership)
         self.registry = DeviceRegistry(self._redis)
         self.unread = UnreadCounts(
             self._redis,
-            lambda _key: self._headers,
+            self._mesh.header,
             self._push.unread_rebuild_max_per_thread,
             self._restore_mute,
         )
@@ -120,10 +122,6 @@ class NotificationSender(pb_grpc.NotificationServiceServicer):
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._header_channel = grpc.aio.insecure_channel(
-            f"{self._settings.host}:{self._settings.header.port}"
-        )
-        self._headers = header_grpc.HeaderServiceStub(self._header_channel)
         self._providers = create_providers(self._push)
 
     def bind(self, node_id: str, address: str) -> None:
@@ -139,8 +137,7 @@ class NotificationSender(pb_grpc.NotificationServiceServicer):
             await asyncio.gather(self._worker_task, return_exceptions=True)
         for provider in self._providers.values():
             await provider.close()
-        if self._header_channel is not None:
-            await self._header_channel.close(None)
+        await self._mesh.close()
         await self._redis.aclose()
 
     # -- devices ---------------------------------------------------------------------------
@@ -324,7 +321,9 @@ class NotificationSender(pb_grpc.NotificationServiceServicer):
         if cached is not None and cached[0] > now:
             return cached[1]
         try:
-            reply = await self._headers.GetThread(header_pb.GetThreadRequest(thread_id=thread_id))
+            reply = await self._mesh.header(thread_id).GetThread(
+                header_pb.GetThreadRequest(thread_id=thread_id)
+            )
             title = reply.thread.title
         except grpc.aio.AioRpcError:
             return ""  # a push without the group's name beats no push
@@ -401,4 +400,5 @@ def create_notification_service(settings: Settings) -> ServiceParts:
         started_hooks=[servicer.bind],
         startup_hooks=[servicer.open],
         shutdown_hooks=[servicer.close],
+        membership=servicer.membership,
     )

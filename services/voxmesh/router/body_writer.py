@@ -21,8 +21,8 @@ import grpc
 from voxmesh.body.v1 import body_service_pb2 as body_pb
 from voxmesh.common.v1 import body_pb2
 from voxmesh.core.domain_errors import Unavailable
+from voxmesh.core.mesh_clients import MeshClients
 from voxmesh.core.structured_logging import get_logger
-from voxmesh.router.mesh_clients import MeshClients
 
 _log = get_logger(__name__)
 # Node failures, not verdicts on the data: worth trying the next body node.

@@ -19,13 +19,13 @@ from voxmesh.body.v1 import body_service_pb2 as body_pb
 from voxmesh.common.v1 import body_pb2, message_pb2, update_pb2
 from voxmesh.core.domain_errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from voxmesh.core.ids import require_id
+from voxmesh.core.mesh_clients import MeshClients
 from voxmesh.core.rpc_interceptors import client_status
 from voxmesh.core.settings import Settings
 from voxmesh.core.structured_logging import get_logger
 from voxmesh.header.v1 import header_service_pb2 as header_pb
 from voxmesh.router.body_writer import BodyWriter
 from voxmesh.router.device_hub import DeviceHub
-from voxmesh.router.mesh_clients import MeshClients
 from voxmesh.router.message_observers import MessageObservers
 from voxmesh.router.peer_links import PeerLinks
 from voxmesh.router.v1 import router_peer_service_pb2 as peer_pb

@@ -19,13 +19,13 @@ from voxmesh.common.v1 import body_pb2, mark_pb2, message_pb2, thread_pb2, updat
 from voxmesh.core.client_auth import AuthInterceptor, TokenVerifier, current_caller
 from voxmesh.core.domain_errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from voxmesh.core.ids import require_id
+from voxmesh.core.mesh_clients import RING_KINDS, MeshClients
 from voxmesh.core.ring_membership import RingMembership
 from voxmesh.core.service_runner import Registration, ServiceParts
 from voxmesh.core.settings import Settings
 from voxmesh.core.structured_logging import get_logger
 from voxmesh.header.v1 import header_service_pb2 as header_pb
 from voxmesh.router.device_hub import DeviceHub
-from voxmesh.router.mesh_clients import RING_KINDS, MeshClients
 from voxmesh.router.message_relay import DELETED, RECALLED, MessageRelay, update_event
 from voxmesh.router.peer_links import PeerLinks
 from voxmesh.router.presence_tracker import PresenceTracker

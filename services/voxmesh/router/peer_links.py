@@ -15,8 +15,8 @@ import contextlib
 import grpc
 import prometheus_client
 
+from voxmesh.core.mesh_clients import MeshClients
 from voxmesh.core.structured_logging import get_logger
-from voxmesh.router.mesh_clients import MeshClients
 from voxmesh.router.v1 import router_peer_service_pb2 as peer_pb
 
 _log = get_logger(__name__)

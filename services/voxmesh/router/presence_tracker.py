@@ -27,10 +27,10 @@ from google.protobuf import timestamp_pb2
 from voxmesh.common.v1 import message_pb2, presence_pb2, update_pb2
 from voxmesh.core.domain_errors import InvalidArgument
 from voxmesh.core.ids import require_id
+from voxmesh.core.mesh_clients import MeshClients
 from voxmesh.core.settings import PresenceSettings
 from voxmesh.core.structured_logging import get_logger
 from voxmesh.header.v1 import header_service_pb2 as header_pb
-from voxmesh.router.mesh_clients import MeshClients
 
 _log = get_logger(__name__)
 

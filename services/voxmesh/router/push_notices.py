@@ -29,12 +29,12 @@ from google.protobuf import duration_pb2
 from voxmesh.common.v1 import device_pb2, mark_pb2, message_pb2, thread_pb2
 from voxmesh.core.domain_errors import PermissionDenied
 from voxmesh.core.ids import require_id
+from voxmesh.core.mesh_clients import MeshClients
 from voxmesh.core.settings import Settings
 from voxmesh.core.structured_logging import get_logger
 from voxmesh.notification.v1 import notification_service_pb2 as n_pb
 from voxmesh.notification.v1 import notification_service_pb2_grpc as n_grpc
 from voxmesh.router.device_hub import DeviceHub
-from voxmesh.router.mesh_clients import MeshClients
 
 _log = get_logger(__name__)
 

@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator
 from voxmesh.common.v1 import thread_pb2, update_pb2
 from voxmesh.core.domain_errors import Aborted, FailedPrecondition, ResourceExhausted
 from voxmesh.core.ids import require_id
+from voxmesh.core.mesh_clients import MeshClients
 from voxmesh.core.settings import UpdatesSettings
 from voxmesh.header.v1 import header_service_pb2 as header_pb
 from voxmesh.router.device_hub import DeviceHub
-from voxmesh.router.mesh_clients import MeshClients
 from voxmesh.router.message_relay import update_event
 from voxmesh.router.v1 import router_service_pb2 as pb
 
