@@ -142,7 +142,10 @@ def status() -> None:
 
 async def _print_rings(settings: Settings) -> None:
     from voxmesh.core.ring_membership import RingMembership
+    from voxmesh.core.structured_logging import configure_logging
 
+    # A listing, not a service: only warnings (an unreachable etcd) belong on the console.
+    configure_logging(dataclasses.replace(settings.log, level="warning", json=False), "cli")
     membership = RingMembership(settings, SERVICE_KINDS)
     await membership.start(None)
     try:

@@ -40,7 +40,7 @@ class WebhookReceiver:
     _always: dict[str, int] = field(default_factory=dict)
     _server: asyncio.Server | None = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-    _connections: set[asyncio.Task[None]] = field(default_factory=set)
+    _connections: dict[asyncio.Task[None], asyncio.StreamWriter] = field(default_factory=dict)
     port: int = 0
 
     async def start(self) -> WebhookReceiver:
@@ -79,6 +79,12 @@ class WebhookReceiver:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            # End kept-alive connections by closing them (each handler then sees EOF and
+            # returns); cancelling handlers instead makes asyncio log their cancellation.
+            for writer in self._connections.values():
+                writer.close()
+            if self._connections:
+                await asyncio.wait(list(self._connections), timeout=1.0)
             for task in list(self._connections):
                 task.cancel()
             with contextlib.suppress(Exception):
@@ -87,7 +93,7 @@ class WebhookReceiver:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
-            self._connections.add(task)
+            self._connections[task] = writer
         try:
             while True:
                 try:
@@ -122,7 +128,7 @@ class WebhookReceiver:
                     return
         finally:
             if task is not None:
-                self._connections.discard(task)
+                self._connections.pop(task, None)
             writer.close()
 
     def _status_for(self, path: str) -> int:
