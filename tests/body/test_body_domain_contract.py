@@ -148,6 +148,29 @@ async def test_many_messages_commit_concurrently(make_domain: DomainMaker) -> No
         assert read.data == body_bytes(chunks)
 
 
+async def test_a_body_waiting_for_a_write_slot_keeps_gathering_chunks(
+    make_domain: DomainMaker, storage_factory: StorageFactory
+) -> None:
+    """With every write slot busy, a body's next batch is cut only when a slot frees up, so
+    the chunks that arrived meanwhile make one write, not one each."""
+    gated = GatedStorage(storage_factory())
+    domain = await make_domain(gated, group_commit_s=0.0, max_concurrent_writes=1)
+    sink = domain.open_sink()
+    await domain.append(T, "msg-a", OGG, make_chunks(1, seed="a"), sink)
+    await asyncio.wait_for(gated.waiting.wait(), WAIT)  # msg-a holds the only slot
+    waiting = make_chunks(3, seed="b")
+    for chunk in waiting:
+        await domain.append(T, "msg-b", OGG, [chunk], sink)
+        await asyncio.sleep(0.01)  # separate frames, each past the (zero) window
+    assert gated.writes == []
+    gated.gate.set()
+    acked: dict[str, int] = {}
+    while acked.get("msg-b") != 3 or acked.get("msg-a") != 1:
+        await asyncio.wait_for(sink.changed(), WAIT)
+        acked.update({ack.message_id: ack.chunk_count for ack in sink.take()})
+    assert sorted(gated.writes) == [(0, 0), (0, 2)]  # msg-b: one write of chunks 0..2
+
+
 # -- duplicates and refusals ---------------------------------------------------------------
 
 

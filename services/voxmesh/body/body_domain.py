@@ -127,6 +127,7 @@ LAGGING_READERS = prometheus_client.Counter(
 class BodyLimits:
     group_commit_s: float
     group_commit_max_chunks: int
+    max_concurrent_writes: int
     abandon_after_s: float
     read_batch_max_chunks: int
     max_chunk_bytes: int
@@ -141,6 +142,7 @@ class BodyLimits:
         return cls(
             group_commit_s=body.group_commit_ms / 1000,
             group_commit_max_chunks=min(body.group_commit_max_chunks, MAX_BATCH_CHUNKS),
+            max_concurrent_writes=body.max_concurrent_writes,
             abandon_after_s=body.abandon_after_s,
             read_batch_max_chunks=body.read_batch_max_chunks,
             max_chunk_bytes=limits.max_chunk_bytes,
@@ -174,6 +176,8 @@ class BodyDomain:
         # Called with (thread_id, message_id) once this node abandoned an idle body on its
         # own: the router that would have marked the header may be the process that died.
         self.on_abandoned: Callable[[str, str], Awaitable[None]] | None = None
+        self._slots = asyncio.Semaphore(limits.max_concurrent_writes)
+        self._slots_size = limits.max_concurrent_writes
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -497,6 +501,13 @@ class BodyDomain:
 
     # -- group commits -----------------------------------------------------------------------
 
+    def _write_slots(self) -> asyncio.Semaphore:
+        """Batch writes allowed at once on this node (a new size applies to new writes)."""
+        if self.limits.max_concurrent_writes != self._slots_size:
+            self._slots = asyncio.Semaphore(self.limits.max_concurrent_writes)
+            self._slots_size = self.limits.max_concurrent_writes
+        return self._slots
+
     def _schedule_commit(self, body: LiveBody) -> None:
         if body.commit_task is None:
             body.pending_since = time.monotonic()
@@ -523,22 +534,32 @@ class BodyDomain:
                         pass
                 if body.state.removed:
                     return
-                body.flush_now.clear()
-                count = min(len(body.pending), limits.group_commit_max_chunks)
-                batch = body.pending[:count]
-                del body.pending[:count]
-                body.inflight = batch
-                data = b"".join([chunk.payload for chunk in batch])
-                first = batch[0].index
-                table = ChunkTable(
-                    first,
-                    body.table.offset_of(first),
-                    body.table.lengths[first : first + count],
-                    body.table.media_times[first : first + count],
-                )
-                stored = StoredBatch(table, body.content_type)
-                started = time.perf_counter()
-                await self._write_batch(body, stored, data)
+                # The batch is cut only once a write slot is free: under load, chunks keep
+                # joining it while it waits, so the node makes fewer, larger writes instead
+                # of queueing one small write per chunk (adaptive group commit).
+                slots = self._write_slots()
+                await slots.acquire()
+                try:
+                    if body.state.removed or not body.pending:
+                        return
+                    body.flush_now.clear()
+                    count = min(len(body.pending), limits.group_commit_max_chunks)
+                    batch = body.pending[:count]
+                    del body.pending[:count]
+                    body.inflight = batch
+                    data = b"".join([chunk.payload for chunk in batch])
+                    first = batch[0].index
+                    table = ChunkTable(
+                        first,
+                        body.table.offset_of(first),
+                        body.table.lengths[first : first + count],
+                        body.table.media_times[first : first + count],
+                    )
+                    stored = StoredBatch(table, body.content_type)
+                    started = time.perf_counter()
+                    await self._write_batch(body, stored, data)
+                finally:
+                    slots.release()
                 BATCH_SECONDS.observe(time.perf_counter() - started)
                 BATCH_WRITES.inc()
                 BATCH_CHUNKS.observe(count)

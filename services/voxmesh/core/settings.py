@@ -117,6 +117,7 @@ class StoreSettings:
 class BodyStoreSettings:
     group_commit_ms: Annotated[int, pydantic.Field(ge=0)]
     group_commit_max_chunks: Annotated[int, pydantic.Field(gt=0)]
+    max_concurrent_writes: Annotated[int, pydantic.Field(gt=0)]
     abandon_after_s: Annotated[float, pydantic.Field(gt=0)]
     send_stop_grace_s: Annotated[float, pydantic.Field(ge=0)]
     read_batch_max_chunks: Annotated[int, pydantic.Field(gt=0)]
