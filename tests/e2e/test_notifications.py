@@ -481,6 +481,8 @@ async def test_do_not_disturb_is_judged_by_when_the_message_happened(
     await asyncio.sleep(0.1)
     early, sent, skipped = await notify(1, before_ms)  # sent before DND began: late notice
     assert (sent, skipped) == (1, 0)
+    # Turned on again while on (a retry, or a new end time): it still began at the start.
+    await notifier.SetDoNotDisturb(n_pb.SetDoNotDisturbRequest(user_id=bob.user_id, enabled=True))
     await notifier.SetDoNotDisturb(n_pb.SetDoNotDisturbRequest(user_id=bob.user_id, enabled=False))
     held, sent, skipped = await notify(2, during_ms)  # sent during DND, arrives after it
     assert (sent, skipped) == (0, 1)

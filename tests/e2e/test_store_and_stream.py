@@ -421,6 +421,26 @@ async def test_a_stopped_send_says_why_before_it_ends(devices: MakeDevice) -> No
     assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert ended.value.details() == stopped.message
 
+    # Refused right after `accepted` (a resume past what is stored): stopped the same way.
+    early = alice.send_call()
+    start = message_pb2.MessageStart(
+        message_id=uuid7(),
+        thread_id=thread,
+        kind=message_pb2.MESSAGE_KIND_VOICE,
+        content_type="audio/ogg;codecs=opus",
+    )
+    await early.write(pb.SendRequest(start=start, device_id="phone", resume_from_index=7))
+    assert (await early.read()).HasField("accepted")
+    await early.write(pb.SendRequest(chunks=[chunks[0]]))  # still writing: no harm
+    past = (await until_stopped(early)).stopped
+    assert (
+        past.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "resend from 0" in past.message
+    )
+    await early.done_writing()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await asyncio.wait_for(early.read(), 10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
     # A client that never half-closes is ended anyway, once the grace has passed.
     stubborn = await open_send()
     await until_stopped(stubborn)

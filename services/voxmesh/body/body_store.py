@@ -38,6 +38,7 @@ from voxmesh.core.ring_membership import RingMembership
 from voxmesh.core.service_runner import Registration, ServiceParts
 from voxmesh.core.settings import Settings
 from voxmesh.header.v1 import header_service_pb2 as header_pb
+from voxmesh.header.v1 import header_service_pb2_grpc as header_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -241,11 +242,15 @@ def create_body_service(settings: Settings) -> ServiceParts:
             reraise=True,
         ):
             with attempt:
+                address = mesh.candidates("header", thread_id)[0]
+                stub = header_grpc.HeaderServiceStub(mesh.channel(address))
                 try:
-                    await mesh.header(thread_id).SetMessageState(request, timeout=10)
+                    await stub.SetMessageState(request, timeout=10)
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                         return  # completed, recalled or deleted meanwhile: nothing to do
+                    if _header_unreachable(exc):
+                        mesh.suspect(address)  # the next attempt goes to another header node
                     raise
 
     domain.on_abandoned = tell_header

@@ -50,7 +50,8 @@ def seen_key(user_id: str) -> str:
 
 
 def dnd_key(user_id: str) -> str:
-    return f"vx:dnd:{{{user_id}}}"
+    """Set while do-not-disturb is on; the value is when it began (ms)."""
+    return f"vx:dnd-since:{{{user_id}}}"
 
 
 def dnd_period_key(user_id: str) -> str:
@@ -134,7 +135,9 @@ class DeviceRegistry:
                 pipe.pexpire(live_key(user_id), int(ttl_s * 1000), nx=True)
             else:
                 pipe.hdel(live_key(user_id), device_id)
-            pipe.hset(seen_key(user_id), device_id, now if live else observed_ms or now)
+            # A router clock ahead of ours must not make a device look live for later messages.
+            gone_at = min(observed_ms, now) if observed_ms else now
+            pipe.hset(seen_key(user_id), device_id, now if live else gone_at)
             await pipe.execute()
         return len(await self.live_devices(user_id))
 
@@ -170,12 +173,15 @@ class DeviceRegistry:
                     pipe.set(period, f"{int(began)}:{now}", px=_DND_PERIOD_KEPT_MS)
                 await pipe.execute()
             return False, 0
+        # Already on (extended, or the same call retried): it began when it first began.
+        began = await self._redis.get(key)
+        since = int(began) if began is not None else now
         async with self._redis.pipeline(transaction=True) as pipe:
             if until_ms:
-                pipe.set(key, now, pxat=until_ms)  # lapses by itself: record its period now
-                pipe.set(period, f"{now}:{until_ms}", pxat=until_ms + _DND_PERIOD_KEPT_MS)
+                pipe.set(key, since, pxat=until_ms)  # lapses by itself: record its period now
+                pipe.set(period, f"{since}:{until_ms}", pxat=until_ms + _DND_PERIOD_KEPT_MS)
             else:
-                pipe.set(key, now)
+                pipe.set(key, since)
             await pipe.execute()
         return True, until_ms
 

@@ -17,7 +17,12 @@ import grpc
 
 from voxmesh.body.v1 import body_service_pb2 as body_pb
 from voxmesh.common.v1 import body_pb2, message_pb2, update_pb2
-from voxmesh.core.domain_errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from voxmesh.core.domain_errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+)
 from voxmesh.core.ids import require_id
 from voxmesh.core.mesh_clients import MeshClients
 from voxmesh.core.rpc_interceptors import client_status
@@ -278,22 +283,47 @@ class MessageRelay:
         if not first.HasField("start"):
             raise InvalidArgument("the first Send frame must carry `start`")
         live, durable = await self.start(user_id, first.device_id, first.start)
-        yield pb.SendResponse(
-            accepted=pb.SendAccepted(header=live.header, durable_chunk_count=durable)
-        )
-        if live.header.state != LIVE:
+        inbox = _SendInbox(frames)
+        try:
+            yield pb.SendResponse(
+                accepted=pb.SendAccepted(header=live.header, durable_chunk_count=durable)
+            )
+            refused: DomainError | None = None
             if live.header.state == COMPLETE:
                 yield pb.SendResponse(completed=pb.SendCompleted(header=live.header))
                 return
-            raise FailedPrecondition(
-                f"message {live.message_id} is {message_pb2.MessageState.Name(live.header.state)}"
-            )
-        if first.resume_from_index > durable:
-            raise InvalidArgument(
-                f"resume_from_index {first.resume_from_index} is past the durable chunk count "
-                f"{durable}: resend from {durable}"
-            )
+            if live.header.state != LIVE:
+                state = message_pb2.MessageState.Name(live.header.state)
+                refused = FailedPrecondition(f"message {live.message_id} is {state}")
+            elif first.resume_from_index > durable:
+                refused = InvalidArgument(
+                    f"resume_from_index {first.resume_from_index} is past the durable chunk "
+                    f"count {durable}: resend from {durable}"
+                )
+            if refused is not None:
+                async for frame in self._stop(refused, inbox):
+                    yield frame
+            async for frame in self._stream(live, first, inbox):
+                yield frame
+        finally:
+            inbox.close()
 
+    async def _stop(
+        self, error: BaseException, inbox: _SendInbox
+    ) -> AsyncIterator[pb.SendResponse]:
+        """End a Send early, and the client still writing: say why in a frame, let the client
+        half-close, then end with that status (see SendStopped)."""
+        status = client_status(error)
+        if status is not None:
+            code, details = status
+            yield pb.SendResponse(stopped=pb.SendStopped(code=code.value[0], message=details))
+            await inbox.drain(self._settings.body_store.send_stop_grace_s)
+        raise error
+
+    async def _stream(
+        self, live: LiveMessage, first: pb.SendRequest, inbox: _SendInbox
+    ) -> AsyncIterator[pb.SendResponse]:
+        """The chunks of a started message to its body node, acks and completion back."""
         out: asyncio.Queue[pb.SendResponse | BaseException | None] = asyncio.Queue()
 
         async def on_ack(ack: body_pb2.DurableAck) -> None:
@@ -302,7 +332,6 @@ class MessageRelay:
         writer = BodyWriter(
             self._mesh, live.thread_id, live.message_id, live.header.content_type, on_ack
         )
-        inbox = _SendInbox(frames)
 
         async def pump_frames() -> None:
             try:
@@ -341,19 +370,14 @@ class MessageRelay:
                     break
                 completed = item.HasField("completed")
                 yield item
-            # Ending early with the client still writing: say why in a frame, let the client
-            # half-close, then end with that status (see SendStopped).
             pump.cancel()
-            status = client_status(stop)
-            if status is not None:
-                code, details = status
-                yield pb.SendResponse(stopped=pb.SendStopped(code=code.value[0], message=details))
-                await inbox.drain(self._settings.body_store.send_stop_grace_s)
-            raise stop
+            async for frame in self._stop(stop, inbox):
+                yield frame
         finally:
             cut_off.cancel()
             pump.cancel()
-            inbox.close()
+            if pump.done() and not pump.cancelled():
+                pump.exception()  # retrieved: it was passed on through `out`
             writer.close()
             if not completed:
                 # The sender vanished or failed mid-message: it may resume; if it does not,
@@ -379,6 +403,13 @@ class MessageRelay:
             current = await self._mesh.header(live.thread_id).GetMessage(
                 header_pb.GetMessageRequest(thread_id=live.thread_id, message_id=live.message_id)
             )
+            if current.header.state == ABANDONED:
+                # The body node got there first (its idle timer starts at the last chunk);
+                # the header is set, but members and observers still need to hear of it.
+                await self.set_state(
+                    live.thread_id, live.message_id, ABANDONED, live.header.sender_user_id
+                )
+                return
             if current.header.state != LIVE:
                 return
             try:
