@@ -38,7 +38,6 @@ from voxmesh.core.ring_membership import RingMembership
 from voxmesh.core.service_runner import Registration, ServiceParts
 from voxmesh.core.settings import Settings
 from voxmesh.header.v1 import header_service_pb2 as header_pb
-from voxmesh.header.v1 import header_service_pb2_grpc as header_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -242,8 +241,7 @@ def create_body_service(settings: Settings) -> ServiceParts:
             reraise=True,
         ):
             with attempt:
-                address = mesh.candidates("header", thread_id)[0]
-                stub = header_grpc.HeaderServiceStub(mesh.channel(address))
+                address, stub = mesh.header_node(thread_id)
                 try:
                     await stub.SetMessageState(request, timeout=10)
                 except grpc.aio.AioRpcError as exc:

@@ -69,7 +69,12 @@ class MeshClients:
         return [m.address for m in ordered]
 
     def header(self, key: str) -> header_grpc.HeaderServiceAsyncStub:
-        return header_grpc.HeaderServiceStub(self.channel(self.candidates("header", key)[0]))
+        return self.header_node(key)[1]
+
+    def header_node(self, key: str) -> tuple[str, header_grpc.HeaderServiceAsyncStub]:
+        """The header node for ``key`` and a stub to it (the address, to mark it suspect)."""
+        address = self.candidates("header", key)[0]
+        return address, header_grpc.HeaderServiceStub(self.channel(address))
 
     def body(self, message_id: str) -> tuple[str, body_grpc.BodyServiceAsyncStub]:
         address = self.candidates("body", message_id)[0]

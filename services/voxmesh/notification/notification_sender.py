@@ -267,15 +267,16 @@ class NotificationSender(pb_grpc.NotificationServiceServicer):
         if not devices:
             return 0, 0
         reason = ""
+        happened_ms = _event_ms(header)
         if not unread:
             reason = "read"  # a mark from another device already covers it
         elif await self.registry.live_devices(user) or await self.registry.live_since(
-            user, _event_ms(header)
+            user, happened_ms
         ):
             # The user hears it on an open updates stream, or did when it happened (the
             # device went offline after this notice was issued).
             reason = "live"
-        elif await self.registry.dnd(user, _event_ms(header)):
+        elif await self.registry.dnd(user, happened_ms):
             reason = "dnd"
         elif await self.registry.muted(user, header.thread_id):
             reason = "muted"
