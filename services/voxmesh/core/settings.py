@@ -22,8 +22,6 @@ CONFIG_DIR_ENV = "VOXMESH_CONFIG_DIR"
 ServiceKind = Literal["router", "header", "body", "notification"]
 SERVICE_KINDS: tuple[ServiceKind, ...] = ("router", "header", "body", "notification")
 
-_LOCAL_SECRET = "voxmesh-local-development-secret"
-
 _STRICT = pydantic.ConfigDict(extra="forbid")
 
 Port = Annotated[int, pydantic.Field(ge=0, le=65535)]
@@ -178,13 +176,17 @@ class PresenceSettings:
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
 class AuthSettings:
-    algorithm: Literal["HS256", "RS256"]
+    provider: Literal["local", "oidc"]
+    issuer: Annotated[str, pydantic.Field(min_length=1)]
+    audience: Annotated[str, pydantic.Field(min_length=1)]
+    leeway_s: Annotated[int, pydantic.Field(ge=0, le=300)]
     hs256_secret: str
-    rs256_public_key_file: str
-    rs256_private_key_file: str
-    issuer: str
-    audience: str
     token_ttl_s: Annotated[int, pydantic.Field(gt=0)]
+    oidc_algorithms: Annotated[tuple[Literal["RS256", "ES256"], ...], pydantic.Field(min_length=1)]
+    jwks_uri: str
+    jwks_refresh_s: Annotated[float, pydantic.Field(gt=0)]
+    jwks_min_refetch_s: Annotated[float, pydantic.Field(ge=0)]
+    jwks_fetch_timeout_s: Annotated[float, pydantic.Field(gt=0)]
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
@@ -283,6 +285,24 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     return layer
 
 
+def _check_auth(settings: Settings) -> None:
+    """The local development issuer is for ``environment = "local"`` only; OIDC over https."""
+    auth = settings.auth
+    if settings.environment == "local":
+        return
+    if auth.provider == "local":
+        raise SettingsError(
+            f"environment {settings.environment!r} cannot use the local development token "
+            f'issuer: set auth.provider = "oidc" with auth.issuer and auth.audience '
+            f"(VOXMESH__AUTH__PROVIDER=oidc)"
+        )
+    for name, url in (("auth.issuer", auth.issuer), ("auth.jwks_uri", auth.jwks_uri)):
+        if url and not url.startswith("https://"):
+            raise SettingsError(
+                f"{name} must be an https URL outside environment 'local', not {url!r}"
+            )
+
+
 def load_settings(
     config_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
@@ -306,15 +326,7 @@ def load_settings(
         settings = pydantic.TypeAdapter(Settings).validate_python(data)
     except pydantic.ValidationError as exc:
         raise SettingsError(f"invalid settings: {exc}") from exc
-    if (
-        settings.environment != "local"
-        and settings.auth.algorithm == "HS256"
-        and settings.auth.hs256_secret == _LOCAL_SECRET
-    ):
-        raise SettingsError(
-            f"environment {settings.environment!r} uses the local development JWT secret: "
-            f"set auth.hs256_secret (VOXMESH__AUTH__HS256_SECRET) or use RS256"
-        )
+    _check_auth(settings)
     if not settings.run_dir.is_absolute():
         # A relative run dir is relative to the project root, not to wherever a command runs.
         settings = pydantic.TypeAdapter(Settings).validate_python(

@@ -16,7 +16,7 @@ import grpc
 
 from voxmesh.body.v1 import body_service_pb2 as body_pb
 from voxmesh.common.v1 import body_pb2, mark_pb2, message_pb2, thread_pb2, update_pb2
-from voxmesh.core.client_auth import AuthInterceptor, TokenVerifier, current_caller
+from voxmesh.core.client_auth import AuthInterceptor, current_caller, token_verifier
 from voxmesh.core.domain_errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from voxmesh.core.ids import require_id
 from voxmesh.core.mesh_clients import RING_KINDS, MeshClients
@@ -743,7 +743,7 @@ def create_router_service(settings: Settings) -> ServiceParts:
     membership = RingMembership(settings, RING_KINDS)
     router = NodeRouter(settings, membership)
     peer = RouterPeer(router.hub, membership)
-    verifier = TokenVerifier(settings.auth)
+    verifier = token_verifier(settings.auth)
     return ServiceParts(
         [
             Registration(
@@ -759,8 +759,8 @@ def create_router_service(settings: Settings) -> ServiceParts:
         ],
         started_hooks=[router.bind, peer.bind],
         settings_listeners=[router.reconfigure],
-        startup_hooks=[router.open],
-        shutdown_hooks=[router.close],
+        startup_hooks=[verifier.start, router.open],
+        shutdown_hooks=[router.close, verifier.close],
         membership=membership,
         interceptors=[AuthInterceptor(verifier, ["voxmesh.router.v1.RouterService"])],
     )
