@@ -432,6 +432,11 @@ async def test_a_message_whose_router_died_is_abandoned_by_its_body_node(
         while await state() != message_pb2.MESSAGE_STATE_ABANDONED:
             assert time.monotonic() < deadline, "the header never became ABANDONED"
             await asyncio.sleep(0.2)
+        got = await bob.call(
+            "GetMessage", pb.GetMessageRequest(thread_id=thread, message_id=message_id)
+        )
+        assert got.header.chunk_count == len(chunks)  # the header states what was kept
+        assert got.header.size_bytes == sum(len(c.payload) for c in chunks)
         read, end = await bob.read_body(thread, message_id)
         assert end.end.state == message_pb2.MESSAGE_STATE_ABANDONED
         assert b"".join(c.payload for c in read) == b"".join(c.payload for c in chunks)

@@ -75,6 +75,7 @@ from voxmesh.body.live_body import (
     RemovedBody,
     TailSubscription,
 )
+from voxmesh.core.chunk_frames import BodyEdge, FrameLimits, check_chunk_frame
 from voxmesh.core.domain_errors import (
     DomainError,
     FailedPrecondition,
@@ -173,9 +174,9 @@ class BodyDomain:
         self._background: set[asyncio.Task[object]] = set()
         self._abandoner: asyncio.Task[None] | None = None
         self._closing = False
-        # Called with (thread_id, message_id) once this node abandoned an idle body on its
-        # own: the router that would have marked the header may be the process that died.
-        self.on_abandoned: Callable[[str, str], Awaitable[None]] | None = None
+        # Called with what was kept once this node abandoned an idle body on its own: the
+        # router that would have marked the header may be the process that died.
+        self.on_abandoned: Callable[[BodyStatus], Awaitable[None]] | None = None
         self._slots = asyncio.Semaphore(limits.max_concurrent_writes)
         self._slots_size = limits.max_concurrent_writes
 
@@ -432,62 +433,24 @@ class BodyDomain:
         limits = self.limits
         message_id = body.key.message_id
         table = body.table
-        accepted = table.count
-        first = chunks[0].index
-        if first > accepted:
-            raise InvalidArgument(
-                f"chunk {first} of {message_id} leaves a gap: expected chunk {accepted}"
-            )
-        new_from = accepted - first  # position in the frame of the first new chunk
-        size = table.end_offset
-        media = table.media_times[-1] if table.count else 0
-        new_bytes = 0
-        for position, chunk in enumerate(chunks):
+        edge = BodyEdge(table.count, table.end_offset, table.media_times[-1] if table.count else 0)
+        check = check_chunk_frame(
+            message_id, chunks, edge, FrameLimits(limits.max_chunk_bytes, limits.max_message_bytes)
+        )
+        for position in range(check.new_from):  # already accepted: the very same bytes
+            chunk = chunks[position]
             index = chunk.index
-            if index != first + position:
+            stored_chunk = body.unwritten(index)
+            if stored_chunk is None:
+                stored_chunk = body.recent_chunk(index)
+            stored = stored_chunk.payload if stored_chunk is not None else verified.get(index)
+            if stored != chunk.payload or chunk.offset != table.offset_of(index):
                 raise InvalidArgument(
-                    f"chunks of a frame must be consecutive: chunk {index} of {message_id} "
-                    f"follows chunk {first + position - 1}"
+                    f"chunk {index} of {message_id} was already stored with different bytes"
                 )
-            payload = chunk.payload
-            if position < new_from:  # already accepted: must be the very same bytes
-                stored_chunk = body.unwritten(index)
-                if stored_chunk is None:
-                    stored_chunk = body.recent_chunk(index)
-                stored = stored_chunk.payload if stored_chunk is not None else verified.get(index)
-                if stored != payload or chunk.offset != table.offset_of(index):
-                    raise InvalidArgument(
-                        f"chunk {index} of {message_id} was already stored with different bytes"
-                    )
-                continue
-            length = len(payload)
-            if length == 0:
-                raise InvalidArgument(f"chunk {index} of {message_id} has an empty payload")
-            if length > limits.max_chunk_bytes:
-                raise InvalidArgument(
-                    f"chunk {index} of {message_id} is {length} bytes; the limit is "
-                    f"{limits.max_chunk_bytes}"
-                )
-            if chunk.offset != size:
-                raise InvalidArgument(
-                    f"chunk {index} of {message_id} has offset {chunk.offset}; expected {size} "
-                    f"(the bytes before it)"
-                )
-            if chunk.media_time_ms < media:
-                raise InvalidArgument(
-                    f"chunk {index} of {message_id} has media time {chunk.media_time_ms} ms, "
-                    f"before the previous chunk's {media} ms"
-                )
-            size += length
-            media = chunk.media_time_ms
-            new_bytes += length
-            if size > limits.max_message_bytes:
-                raise InvalidArgument(
-                    f"body of {message_id} would be {size} bytes; the limit is "
-                    f"{limits.max_message_bytes}"
-                )
-        if new_from >= len(chunks):
+        if not check.has_new:
             return
+        new_from, new_bytes = check.new_from, check.new_bytes
         if body.pending_bytes + new_bytes > limits.max_pending_bytes:
             raise ResourceExhausted(
                 f"body of {message_id} has {body.pending_bytes} bytes waiting for storage; "
@@ -813,14 +776,14 @@ class BodyDomain:
         if not body.writable or body.evicted:
             return
         try:
-            await self._begin_finish(body, BodyState.ABANDONED, None)
+            kept = await self._begin_finish(body, BodyState.ABANDONED, None)
         except DomainError as exc:
             _log.warning("abandon failed", message_id=body.key.message_id, error=str(exc))
             body.last_activity = time.monotonic()  # try again after another idle period
             return
         if self.on_abandoned is not None:
             try:
-                await self.on_abandoned(body.key.thread_id, body.key.message_id)
+                await self.on_abandoned(kept)
             except Exception as exc:  # the callback retries; a header left LIVE is logged
                 _log.warning(
                     "header not told of abandonment",

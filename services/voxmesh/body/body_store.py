@@ -32,9 +32,10 @@ from voxmesh.body.v1 import body_service_pb2 as pb
 from voxmesh.body.v1 import body_service_pb2_grpc as pb_grpc
 from voxmesh.common.v1 import body_pb2 as body_pb
 from voxmesh.common.v1 import message_pb2 as message_pb
-from voxmesh.core.domain_errors import InvalidArgument
+from voxmesh.core.domain_errors import DomainError, InvalidArgument
 from voxmesh.core.mesh_clients import MeshClients
 from voxmesh.core.ring_membership import RingMembership
+from voxmesh.core.rpc_interceptors import status_for
 from voxmesh.core.service_runner import Registration, ServiceParts
 from voxmesh.core.settings import Settings
 from voxmesh.header.v1 import header_service_pb2 as header_pb
@@ -100,6 +101,15 @@ def _chunks(chunks: Sequence[ChunkLike]) -> list[body_pb.Chunk]:
     ]
 
 
+def kept_totals(status: BodyStatus) -> message_pb.MessageEnd:
+    """What an abandoned body kept, as the header states it."""
+    return message_pb.MessageEnd(
+        chunk_count=status.chunk_count,
+        size_bytes=status.size_bytes,
+        duration=_duration(status.duration_ms),
+    )
+
+
 def _end(end: ReadEnd) -> body_pb.BodyEnd:
     return body_pb.BodyEnd(
         state=_TO_PROTO[end.state],
@@ -139,6 +149,57 @@ class BodyStore(pb_grpc.BodyServiceServicer):
                     raise sink.error
                 if reader.done():
                     reader.result()  # a refused frame ends the stream with its status
+                    if not sink.outstanding:
+                        return
+        finally:
+            reader.cancel()
+            domain.close_sink(sink)
+
+    async def AppendLink(
+        self, request_iterator: AsyncIterator[pb.AppendLinkRequest], context: Context
+    ) -> AsyncIterator[pb.AppendLinkResponse]:
+        domain = self._domain
+        sink = domain.open_sink()
+        refusals: list[pb.EntryRefusal] = []
+
+        async def take_frames() -> None:
+            try:
+                async for frame in request_iterator:
+                    for entry in frame.entries:
+                        try:
+                            await domain.append(
+                                entry.thread_id,
+                                entry.message_id,
+                                entry.content_type,
+                                entry.chunks,
+                                sink,
+                            )
+                        except DomainError as exc:  # this entry only: the link goes on
+                            refusals.append(
+                                pb.EntryRefusal(
+                                    thread_id=entry.thread_id,
+                                    message_id=entry.message_id,
+                                    code=status_for(exc).value[0],
+                                    message=str(exc),
+                                )
+                            )
+                            sink.wake()
+            finally:
+                sink.wake()
+
+        reader = asyncio.get_running_loop().create_task(take_frames())
+        try:
+            while True:
+                await sink.changed()
+                acks = sink.take()
+                if acks or refusals:
+                    refused = refusals[:]
+                    refusals.clear()
+                    yield pb.AppendLinkResponse(acks=[_ack(a) for a in acks], refusals=refused)
+                if sink.error is not None:
+                    raise sink.error  # accepted chunks were lost: the router resends
+                if reader.done():
+                    reader.result()
                     if not sink.outstanding:
                         return
         finally:
@@ -230,9 +291,13 @@ def create_body_service(settings: Settings) -> ServiceParts:
     membership = RingMembership(settings, ("header",))
     mesh = MeshClients(settings, membership)
 
-    async def tell_header(thread_id: str, message_id: str) -> None:
+    async def tell_header(kept: BodyStatus) -> None:
+        thread_id = kept.thread_id
         request = header_pb.SetMessageStateRequest(
-            thread_id=thread_id, message_id=message_id, state=message_pb.MESSAGE_STATE_ABANDONED
+            thread_id=thread_id,
+            message_id=kept.message_id,
+            state=message_pb.MESSAGE_STATE_ABANDONED,
+            kept=kept_totals(kept),
         )
         async for attempt in tenacity.AsyncRetrying(
             stop=tenacity.stop_after_delay(30),

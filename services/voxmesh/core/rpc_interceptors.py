@@ -45,6 +45,15 @@ def status_for(error: errors.DomainError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
+def error_for_status(code: grpc.StatusCode, message: str) -> errors.DomainError:
+    """The domain error a status stands for (a refusal carried as data, e.g. one AppendLink
+    entry), so it reaches the client as the same status; UNAVAILABLE for any other code."""
+    for error_type, mapped in _STATUS_BY_ERROR:
+        if mapped == code:
+            return error_type(message)
+    return errors.Unavailable(message)
+
+
 def client_status(error: BaseException) -> tuple[grpc.StatusCode, str] | None:
     """The status a client sees for ``error``, or None when it is an internal failure.
 

@@ -119,6 +119,7 @@ class BodyStoreSettings:
     abandon_after_s: Annotated[float, pydantic.Field(gt=0)]
     send_stop_grace_s: Annotated[float, pydantic.Field(ge=0)]
     read_batch_max_chunks: Annotated[int, pydantic.Field(gt=0)]
+    failover_wait_s: Annotated[float, pydantic.Field(gt=0)]
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)

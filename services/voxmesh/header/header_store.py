@@ -78,7 +78,11 @@ class HeaderStore(pb_grpc.HeaderServiceServicer):
         self, request: pb.SetMessageStateRequest, context: Context
     ) -> pb.SetMessageStateResponse:
         result = await self.messages.set_message_state(
-            request.thread_id, request.message_id, request.state, request.actor_user_id
+            request.thread_id,
+            request.message_id,
+            request.state,
+            request.actor_user_id,
+            kept=message_totals(request.kept) if request.HasField("kept") else None,
         )
         return pb.SetMessageStateResponse(
             header=header_pb(result.header),

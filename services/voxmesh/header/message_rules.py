@@ -313,7 +313,12 @@ class MessageRules:
         return stamp_commit_ts(result, commit_ts)
 
     async def set_message_state(
-        self, thread_id: str, message_id: str, state: int, actor_user_id: str
+        self,
+        thread_id: str,
+        message_id: str,
+        state: int,
+        actor_user_id: str,
+        kept: MessageTotals | None = None,
     ) -> HeaderAndTargets:
         require_id(thread_id, "thread_id")
         require_id(message_id, "message_id")
@@ -326,6 +331,8 @@ class MessageRules:
             )
         if target != MessageState.ABANDONED and not actor_user_id:
             raise InvalidArgument(f"actor_user_id is required to set {target.name}")
+        if kept is not None and target == MessageState.ABANDONED:
+            _check_totals(kept)
 
         def unit(txn: WriteTxn) -> HeaderAndTargets:
             row = _require_message(txn, thread_id, message_id)
@@ -355,6 +362,10 @@ class MessageRules:
             changes: Row = {"MessageState": target.value, "UpdatedAt": COMMIT_TS}
             if target == MessageState.ABANDONED:
                 changes["CompletedAt"] = COMMIT_TS
+                if kept is not None:  # the header states the body that stays
+                    changes["ChunkCount"] = kept.chunk_count
+                    changes["SizeBytes"] = kept.size_bytes
+                    changes["DurationNanos"] = kept.duration_nanos
             if target in TOMBSTONE_STATES:
                 changes.update(_ERASED)
             txn.update("Messages", {**_message_key(thread_id, row["Seq"]), **changes})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -17,6 +18,12 @@ import grpc
 
 from voxmesh.body.v1 import body_service_pb2 as body_pb
 from voxmesh.common.v1 import body_pb2, message_pb2, update_pb2
+from voxmesh.core.chunk_frames import (
+    BodyEdge,
+    FrameLimits,
+    check_chunk_frame,
+    first_frame_edge,
+)
 from voxmesh.core.domain_errors import (
     DomainError,
     FailedPrecondition,
@@ -29,7 +36,7 @@ from voxmesh.core.rpc_interceptors import client_status
 from voxmesh.core.settings import Settings
 from voxmesh.core.structured_logging import get_logger
 from voxmesh.header.v1 import header_service_pb2 as header_pb
-from voxmesh.router.body_writer import BodyWriter
+from voxmesh.router.body_links import BodyLinks
 from voxmesh.router.device_hub import DeviceHub
 from voxmesh.router.message_observers import MessageObservers
 from voxmesh.router.peer_links import PeerLinks
@@ -52,9 +59,9 @@ class LiveMessage:
     header: message_pb2.MessageHeader
     targets: list[str]
     sender_device: str
-    next_index: int = 0  # next chunk index to relay live
-    next_offset: int = 0
+    edge: BodyEdge = field(default_factory=BodyEdge)  # the body once what was relayed is stored
     ended_reason: str | None = None  # set when recalled/deleted: stop relaying
+    last_activity: float = field(default_factory=time.monotonic)  # start or chunks, for abandoning
     cut_off: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -68,7 +75,11 @@ class LiveMessage:
 
 def update_event(**kwargs: object) -> update_pb2.UpdateEvent:
     event = update_pb2.UpdateEvent(**kwargs)  # type: ignore[arg-type]
-    event.occurred_at.GetCurrentTime()
+    # Not Timestamp.GetCurrentTime: it goes through datetime, on every live chunk.
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    occurred_at = event.occurred_at
+    occurred_at.seconds = seconds
+    occurred_at.nanos = nanos
     return event
 
 
@@ -81,9 +92,11 @@ class MessageRelay:
         links: PeerLinks,
     ) -> None:
         self._settings = settings
+        self._frame_limits = FrameLimits.from_settings(settings)
         self._hub = hub
         self._mesh = mesh
         self._links = links
+        self._body_links = BodyLinks(settings, mesh)
         self.node_id = ""  # this router's ring id, once bound
         self._live: dict[str, LiveMessage] = {}
         self._abandon_watch: dict[str, asyncio.Task[None]] = {}
@@ -92,6 +105,8 @@ class MessageRelay:
 
     def reconfigure(self, settings: Settings) -> None:
         self._settings = settings
+        self._frame_limits = FrameLimits.from_settings(settings)
+        self._body_links.reconfigure(settings)
 
     # -- fan-out ---------------------------------------------------------------------------
 
@@ -152,10 +167,24 @@ class MessageRelay:
             raise InvalidArgument("start.content_type is required for a message with a body")
 
     async def start(
-        self, user_id: str, device_id: str, start: message_pb2.MessageStart
+        self,
+        user_id: str,
+        device_id: str,
+        start: message_pb2.MessageStart,
+        first_chunks: Sequence[body_pb2.Chunk] = (),
+        resume_from_index: int = 0,
     ) -> tuple[LiveMessage, int]:
-        """Header first (seq, members); returns the live message and its durable chunk count."""
+        """Header first (seq, members); returns the live message and its durable chunk count.
+
+        The chunks that come with the start are judged first: a refused frame writes nothing
+        (no seq taken, no member told)."""
         self._validate_start(start, device_id)
+        check_chunk_frame(
+            start.message_id,
+            first_chunks,
+            first_frame_edge(resume_from_index, first_chunks),
+            self._frame_limits,
+        )
         reply = await self._mesh.header(start.thread_id).StartMessage(
             header_pb.StartMessageRequest(
                 start=start, sender_user_id=user_id, sender_device_id=device_id
@@ -172,8 +201,9 @@ class MessageRelay:
             # A resume (or a retry): continue after what the body store already holds.
             stat = await self._stat(header)
             durable = stat.chunk_count
-            live.next_index = max(live.next_index, durable)
-            live.next_offset = max(live.next_offset, stat.size_bytes)
+            if durable > live.edge.next_index:
+                live.edge = BodyEdge(durable, stat.size_bytes, live.edge.last_media_ms)
+        live.last_activity = time.monotonic()
         if header.state == LIVE:
             self._live[header.message_id] = live
             watch = self._abandon_watch.pop(header.message_id, None)
@@ -208,22 +238,11 @@ class MessageRelay:
         """Check chunks and relay the new ones live at once; returns the chunks to store."""
         if live.ended_reason is not None:
             raise FailedPrecondition(live.ended_reason)
-        limit = self._settings.limits.max_chunk_bytes
-        fresh: list[body_pb2.Chunk] = []
-        for chunk in chunks:
-            if len(chunk.payload) > limit:
-                raise InvalidArgument(
-                    f"chunk {chunk.index} is {len(chunk.payload)} bytes; the limit is {limit}"
-                )
-            if chunk.index > live.next_index:
-                raise InvalidArgument(
-                    f"chunk index gap in {live.message_id}: expected {live.next_index}, "
-                    f"got {chunk.index}"
-                )
-            if chunk.index == live.next_index:
-                fresh.append(chunk)
-                live.next_index += 1
-                live.next_offset = chunk.offset + len(chunk.payload)
+        live.last_activity = time.monotonic()
+        # The frame rule the body store applies too: nothing it would refuse is played live.
+        check = check_chunk_frame(live.message_id, chunks, live.edge, self._frame_limits)
+        fresh = chunks[check.new_from :] if check.has_new else ()
+        live.edge = check.edge
         if fresh:
             self.fan_out(
                 live.targets,
@@ -258,6 +277,9 @@ class MessageRelay:
             )
         )
         self._live.pop(live.message_id, None)
+        watch = self._abandon_watch.pop(live.message_id, None)
+        if watch is not None:
+            watch.cancel()
         self.fan_out(
             list(reply.member_user_ids) or live.targets,
             update_event(
@@ -282,9 +304,17 @@ class MessageRelay:
             raise InvalidArgument("Send needs a first frame carrying `start`") from None
         if not first.HasField("start"):
             raise InvalidArgument("the first Send frame must carry `start`")
-        live, durable = await self.start(user_id, first.device_id, first.start)
         inbox = _SendInbox(frames)
         try:
+            try:
+                live, durable = await self.start(
+                    user_id, first.device_id, first.start, first.chunks, first.resume_from_index
+                )
+            except DomainError as refused_start:
+                # Nothing written; say why, let the client half-close, end with the status.
+                async for frame in self._stop(refused_start, inbox):
+                    yield frame
+                raise
             yield pb.SendResponse(
                 accepted=pb.SendAccepted(header=live.header, durable_chunk_count=durable)
             )
@@ -326,11 +356,11 @@ class MessageRelay:
         """The chunks of a started message to its body node, acks and completion back."""
         out: asyncio.Queue[pb.SendResponse | BaseException | None] = asyncio.Queue()
 
-        async def on_ack(ack: body_pb2.DurableAck) -> None:
-            await out.put(pb.SendResponse(ack=ack))
+        def on_ack(ack: body_pb2.DurableAck) -> None:
+            out.put_nowait(pb.SendResponse(ack=ack))
 
-        writer = BodyWriter(
-            self._mesh, live.thread_id, live.message_id, live.header.content_type, on_ack
+        writer = self._body_links.writer(
+            live.thread_id, live.message_id, live.header.content_type, on_ack
         )
 
         async def pump_frames() -> None:
@@ -398,7 +428,12 @@ class MessageRelay:
         resumed, which cancels this watch) is left alone.
         """
         try:
-            await asyncio.sleep(self._settings.body_store.abandon_after_s)
+            while True:  # until the message was idle for abandon_after_s (dynamic)
+                idle = time.monotonic() - live.last_activity
+                wait = self._settings.body_store.abandon_after_s - idle
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
             self._live.pop(live.message_id, None)
             current = await self._mesh.header(live.thread_id).GetMessage(
                 header_pb.GetMessageRequest(thread_id=live.thread_id, message_id=live.message_id)
@@ -412,18 +447,24 @@ class MessageRelay:
                 return
             if current.header.state != LIVE:
                 return
+            kept = message_pb2.MessageEnd()  # no chunk ever arrived: no body
             try:
                 _, body = self._mesh.body(live.message_id)
-                await body.FinishBody(
+                finished = await body.FinishBody(
                     body_pb.FinishBodyRequest(
                         thread_id=live.thread_id, message_id=live.message_id, final_state=ABANDONED
                     )
                 )
+                kept = message_pb2.MessageEnd(
+                    chunk_count=finished.stat.chunk_count, size_bytes=finished.stat.size_bytes
+                )
+                if finished.stat.HasField("duration"):
+                    kept.duration.CopyFrom(finished.stat.duration)
             except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.NOT_FOUND:  # no chunk ever arrived: no body
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
                     raise
             await self.set_state(
-                live.thread_id, live.message_id, ABANDONED, live.header.sender_user_id
+                live.thread_id, live.message_id, ABANDONED, live.header.sender_user_id, kept
             )
         except asyncio.CancelledError:
             raise
@@ -435,12 +476,22 @@ class MessageRelay:
     # -- state changes ---------------------------------------------------------------------
 
     async def set_state(
-        self, thread_id: str, message_id: str, state: message_pb2.MessageState.ValueType, actor: str
+        self,
+        thread_id: str,
+        message_id: str,
+        state: message_pb2.MessageState.ValueType,
+        actor: str,
+        kept: message_pb2.MessageEnd | None = None,
     ) -> message_pb2.MessageHeader:
-        """Header state change (recall, delete, abandon), body side effects, and fan-out."""
+        """Header state change (recall, delete, abandon with what the body ``kept``), body
+        side effects, and fan-out."""
         reply = await self._mesh.header(thread_id).SetMessageState(
             header_pb.SetMessageStateRequest(
-                thread_id=thread_id, message_id=message_id, state=state, actor_user_id=actor
+                thread_id=thread_id,
+                message_id=message_id,
+                state=state,
+                actor_user_id=actor,
+                kept=kept,
             )
         )
         header = reply.header
@@ -478,6 +529,7 @@ class MessageRelay:
     async def close(self) -> None:
         for task in list(self._abandon_watch.values()):
             task.cancel()
+        await self._body_links.close()
         await self._links.close()
 
 

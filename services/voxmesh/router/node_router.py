@@ -183,15 +183,22 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self, request: pb.StartMessageRequest, context: Context
     ) -> pb.StartMessageResponse:
         user = current_caller().user_id
-        live, durable = await self.relay.start(user, request.device_id, request.start)
+        live, durable = await self.relay.start(
+            user, request.device_id, request.start, request.chunks
+        )
         ack = body_pb2.DurableAck(
             thread_id=live.thread_id, message_id=live.message_id, durable_chunk_count=durable
         )
-        if request.chunks:
-            ack = await self._append(live, request.chunks, live.header.content_type)
         header = live.header
-        if request.HasField("end"):
-            header = await self.relay.complete(live, request.end)
+        try:
+            if request.chunks:
+                ack = await self._append(live, request.chunks, live.header.content_type)
+            if request.HasField("end"):
+                header = await self.relay.complete(live, request.end)
+        finally:
+            if header.state == message_pb2.MESSAGE_STATE_LIVE:
+                # Unary appends may follow; if none comes, the message is abandoned.
+                self.relay.watch_for_abandonment(live)
         return pb.StartMessageResponse(header=header, ack=ack)
 
     async def _live(self, user: str, thread_id: str, message_id: str) -> Any:
@@ -231,7 +238,10 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     ) -> pb.AppendChunksResponse:
         user = current_caller().user_id
         live = await self._live(user, request.thread_id, request.message_id)
-        return pb.AppendChunksResponse(ack=await self._append(live, request.chunks))
+        try:
+            return pb.AppendChunksResponse(ack=await self._append(live, request.chunks))
+        finally:
+            self.relay.watch_for_abandonment(live)  # abandoned if no EndMessage follows
 
     async def EndMessage(
         self, request: pb.EndMessageRequest, context: Context
