@@ -62,7 +62,8 @@ async def test_killing_the_only_body_node_mid_message_is_invisible_to_the_sender
     def kill_at(index: int) -> None:
         if index == 100:
             os.kill(pid, signal.SIGKILL)
-            restarted.append(asyncio.create_task(asyncio.to_thread(_restart, local_stack, "body", pid)))
+            back = asyncio.to_thread(_restart, local_stack, "body", pid)
+            restarted.append(asyncio.create_task(back))
 
     acked: dict[int, float] = {}
     try:
