@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -10,8 +11,10 @@ from tests.header.conftest import NodeMaker
 from tests.header.header_helpers import direct, group, text, voice
 from voxmesh.core.domain_errors import InvalidArgument, OutOfRange
 from voxmesh.header.header_records import MarkKind, MessageState, MessageTotals, TimelinePage
+from voxmesh.header.header_storage import HeaderStorage
 from voxmesh.header.header_store import HeaderStore
 from voxmesh.header.header_tokens import decode_cursor, encode_cursor
+from voxmesh.header.timeline_rules import TimelineRules
 
 
 async def listing(
@@ -204,3 +207,54 @@ async def test_acked_cursor_only_moves_forward(store: HeaderStore) -> None:
         await store.timeline.ack_timeline("bob", "", late)
     with pytest.raises(InvalidArgument, match="cursor is malformed"):
         await store.timeline.ack_timeline("bob", "phone", "garbage!")
+
+
+class _CountingTxn:
+    """A read transaction that counts the statements and reads it is asked for."""
+
+    def __init__(self, inner: Any, counter: list[int]) -> None:
+        self._inner = inner
+        self._counter = counter
+
+    def query(self, *args: Any) -> Any:
+        self._counter[0] += 1
+        return self._inner.query(*args)
+
+    def read(self, *args: Any) -> Any:
+        self._counter[0] += 1
+        return self._inner.read(*args)
+
+    def read_prefixes(self, *args: Any) -> Any:
+        self._counter[0] += 1
+        return self._inner.read_prefixes(*args)
+
+
+class _CountingStorage:
+    def __init__(self, inner: HeaderStorage) -> None:
+        self._inner = inner
+        self.counter = [0]
+
+    async def read(self, work: Any, at: Any = None) -> Any:
+        return await self._inner.read(lambda txn: work(_CountingTxn(txn, self.counter)), at=at)
+
+
+async def test_a_timeline_page_is_a_bounded_number_of_reads(store: HeaderStore) -> None:
+    """However many threads have news, a page costs the same few reads (not one per thread)."""
+    counting = _CountingStorage(store.storage)
+    timeline = TimelineRules(counting)  # type: ignore[arg-type]
+    reads = []
+    made = 0
+    for threads in (2, 12):
+        _, cursor = await listing(store, "bob", "")
+        before = made
+        while made < threads:
+            await group(store, f"n{made}", "alice", "bob")
+            await voice(store, f"n{made}", f"m{made}", "alice", complete=True)
+            await store.messages.like_message(f"n{made}", f"m{made}", "bob")
+            made += 1
+        counting.counter[0] = 0
+        page = await timeline.list_timeline("bob", "", cursor)
+        assert len(page.headers) == threads - before and not page.next_page_token
+        assert all(h.liked_by_user_ids == ("bob",) for h in page.headers)
+        reads.append(counting.counter[0])
+    assert reads[0] == reads[1], f"reads per page grew with the threads: {reads}"

@@ -310,5 +310,39 @@ def headers_with_likes(txn: ReadTxn, thread_id: str, rows: Sequence[Row]) -> lis
     return [header_from_row(r, liked_by.get(r["Seq"], ())) for r in rows]
 
 
+def threads_clause(thread_ids: Sequence[str], alias: str = "") -> tuple[str, dict[str, Any]]:
+    """A WHERE clause matching the key ranges of these threads (key seeks, one query) and its
+    parameters @h<i>/@t<i>; the same SQL runs on Spanner and SQLite."""
+    prefix = f"{alias}." if alias else ""
+    params: dict[str, Any] = {}
+    terms = []
+    for position, thread_id in enumerate(thread_ids):
+        params[f"h{position}"] = key_hash(thread_id)
+        params[f"t{position}"] = thread_id
+        terms.append(f"({prefix}ThreadHash = @h{position} AND {prefix}ThreadId = @t{position})")
+    return "(" + " OR ".join(terms) + ")", params
+
+
+def headers_with_likes_of_threads(txn: ReadTxn, rows: Sequence[Row]) -> list[Header]:
+    """Headers of message rows from any threads, likes read in one query for all of them."""
+    liked = [r for r in rows if r["LikeCount"]]
+    liked_by: dict[tuple[str, int], list[str]] = {(r["ThreadId"], r["Seq"]): [] for r in liked}
+    if liked:
+        threads = sorted({r["ThreadId"] for r in liked})
+        where, params = threads_clause(threads)
+        wanted = sorted(liked_by)
+        params["lo"] = min(seq for _, seq in wanted)
+        params["hi"] = max(seq for _, seq in wanted)
+        for row in txn.query(
+            f"SELECT ThreadId, Seq, UserId FROM Likes WHERE {where} "
+            f"AND Seq BETWEEN @lo AND @hi ORDER BY ThreadId, Seq, UserId",
+            params,
+        ):
+            users = liked_by.get((row["ThreadId"], row["Seq"]))
+            if users is not None and len(users) < LIKED_BY_CAP:
+                users.append(row["UserId"])
+    return [header_from_row(r, liked_by.get((r["ThreadId"], r["Seq"]), ())) for r in rows]
+
+
 def read_header(txn: ReadTxn, thread_id: str, message_id: str) -> Header:
     return headers_with_likes(txn, thread_id, [require_message_row(txn, thread_id, message_id)])[0]

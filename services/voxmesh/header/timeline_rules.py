@@ -30,11 +30,11 @@ from voxmesh.core.ids import require_id
 from voxmesh.header.header_reads import (
     MESSAGE_SELECT,
     NOT_HIDDEN,
-    headers_with_likes,
+    headers_with_likes_of_threads,
     optional_id,
     read_thread_rows,
     read_threads,
-    thread_params,
+    threads_clause,
 )
 from voxmesh.header.header_records import Header, Thread, TimelinePage
 from voxmesh.header.header_storage import (
@@ -59,6 +59,46 @@ from voxmesh.header.header_tokens import (
 
 # The upper bound of a first page: its snapshot already ends at S.
 _END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
+# Threads per messages query (Spanner allows 950 parameters in a statement).
+_THREADS_PER_QUERY = 200
+
+
+def _changed_messages(
+    txn: ReadTxn,
+    news: list[str],
+    after_thread: str,
+    after_seq: int,
+    since: datetime,
+    upper: datetime,
+    viewer: str,
+    wanted: int,
+) -> list[Row]:
+    """Up to ``wanted`` changed, unhidden message rows of the ``news`` threads (sorted ids),
+    by thread id then seq, resuming after (after_thread, after_seq)."""
+    rows: list[Row] = []
+    for first in range(0, len(news), _THREADS_PER_QUERY):
+        group = news[first : first + _THREADS_PER_QUERY]
+        where, params = threads_clause(group, "m")
+        rows.extend(
+            txn.query(
+                f"SELECT {MESSAGE_SELECT} FROM Messages AS m WHERE {where} "
+                f"AND m.UpdatedAt > @since AND m.UpdatedAt <= @upper "
+                f"AND (m.ThreadId <> @after_thread OR m.Seq > @after) AND {NOT_HIDDEN} "
+                f"ORDER BY m.ThreadId, m.Seq LIMIT @n",
+                {
+                    **params,
+                    "since": since,
+                    "upper": upper,
+                    "after_thread": after_thread,
+                    "after": after_seq,
+                    "viewer": viewer,
+                    "n": wanted - len(rows),
+                },
+            )
+        )
+        if len(rows) >= wanted:
+            break
+    return rows
 
 
 class TimelineRules:
@@ -108,34 +148,29 @@ class TimelineRules:
                 if (row["ChangedAt"] > start or mine[t]["UpdatedAt"] > start) and t >= after_thread
             )
             upper = at or _END_OF_TIME
+            # The page's headers in one query over all its threads (thread id, then seq), not
+            # one per thread: a page is a bounded number of reads however many threads changed.
+            found: dict[str, list[Row]] = {}
+            for row in _changed_messages(
+                txn, news, after_thread, after_seq, start, upper, user_id, limit + 1
+            ):
+                found.setdefault(row["ThreadId"], []).append(row)
             page_rows: list[Row] = []
-            headers: list[Header] = []
+            chosen: list[Row] = []
             next_thread, next_seq = "", 0
             for thread_id in news:
                 resume = after_seq if thread_id == after_thread else 0
-                room = limit - len(headers)
+                room = limit - len(chosen)
                 if len(page_rows) == limit or room == 0:
                     next_thread, next_seq = thread_id, resume
                     break
-                rows = txn.query(
-                    f"SELECT {MESSAGE_SELECT} FROM Messages AS m "
-                    f"WHERE m.ThreadHash = @h AND m.ThreadId = @t AND m.UpdatedAt > @since "
-                    f"AND m.UpdatedAt <= @upper AND m.Seq > @after AND {NOT_HIDDEN} "
-                    f"ORDER BY m.Seq LIMIT @n",
-                    {
-                        **thread_params(thread_id),
-                        "since": start,
-                        "upper": upper,
-                        "after": resume,
-                        "viewer": user_id,
-                        "n": room + 1,
-                    },
-                )
+                rows = found.get(thread_id, [])
                 page_rows.append(thread_rows[thread_id])
-                headers.extend(headers_with_likes(txn, thread_id, rows[:room]))
+                chosen.extend(rows[:room])
                 if len(rows) > room:
                     next_thread, next_seq = thread_id, rows[room - 1]["Seq"]
                     break
+            headers = headers_with_likes_of_threads(txn, chosen)
             threads = read_threads(txn, page_rows, user_id)
             return start, threads, headers, removed, next_thread, next_seq
 
