@@ -191,6 +191,25 @@ class AuthSettings:
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class IceServerSettings:
+    urls: tuple[str, ...]
+    username: str = ""
+    credential: str = ""
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class WebRtcSettings:
+    enabled: bool
+    host_addresses: tuple[str, ...]
+    announced_address: str
+    udp_port_min: Port
+    udp_port_max: Port
+    ice_servers: tuple[IceServerSettings, ...]
+    max_peer_connections: Annotated[int, pydantic.Field(ge=0)]
+    max_listen_seconds: Annotated[float, pydantic.Field(gt=0)]
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
 class Settings:
     environment: str
     host: str
@@ -215,6 +234,7 @@ class Settings:
     rings: RingSettings
     notification_sender: NotificationSenderSettings
     presence: PresenceSettings
+    webrtc: WebRtcSettings
 
     @property
     def sqlite_path(self) -> Path:

@@ -35,6 +35,8 @@ from voxmesh.router.updates_stream import MOVED, UpdatesStreamer
 from voxmesh.router.v1 import router_peer_service_pb2_grpc
 from voxmesh.router.v1 import router_service_pb2 as pb
 from voxmesh.router.v1 import router_service_pb2_grpc as pb_grpc
+from voxmesh.router.webrtc_sessions import WebRtcSessions
+from voxmesh.router.webrtc_sessions import configure_process as configure_webrtc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _log = get_logger(__name__)
@@ -58,6 +60,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         membership.on_change(self._ring_changed)
         # Pushes, unread counts and presence: told by the relay and the hub, never awaited.
         self.notices = PushNotices(settings, self.hub, self._mesh)
+        self.webrtc = WebRtcSessions(settings, self.relay.send, self._read_chunks)
         self.presence = PresenceTracker(
             settings.presence,
             self._mesh,
@@ -73,6 +76,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self._updates.reconfigure(settings.updates)
         self.hub.queue_max = settings.updates.queue_max
         self._mesh.reconfigure(settings)
+        self.webrtc.reconfigure(settings)
 
     def _ring_changed(self, kind: str) -> None:
         """Devices whose user is now homed elsewhere must move there (the rendezvous)."""
@@ -102,6 +106,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         await self.presence.start()
 
     async def close(self) -> None:
+        await self.webrtc.close()
         await self.presence.close()
         await self.notices.close()
         await self.relay.close()
@@ -325,6 +330,39 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         async for frame in call:
             # Same field layout: the bytes are a valid ReadBodyResponse.
             yield pb.ReadBodyResponse.FromString(frame.SerializeToString())
+
+    def _read_chunks(
+        self, request: body_pb.ReadChunksRequest
+    ) -> AsyncIterator[body_pb.ReadChunksResponse]:
+        _, body = self._mesh.body(request.message_id)
+        return body.ReadChunks(request).__aiter__()
+
+    # -- WebRTC ----------------------------------------------------------------------------
+
+    async def StartWebRtcTalk(
+        self, request: pb.StartWebRtcTalkRequest, context: Context
+    ) -> pb.StartWebRtcTalkResponse:
+        user = current_caller().user_id
+        header, answer = await self.webrtc.talk(
+            user, request.device_id, request.start, request.offer_sdp
+        )
+        return pb.StartWebRtcTalkResponse(header=header, answer_sdp=answer)
+
+    async def ListenWebRtc(
+        self, request: pb.ListenWebRtcRequest, context: Context
+    ) -> pb.ListenWebRtcResponse:
+        user = current_caller().user_id
+        thread_id, message_id = await self._body_of(user, request.thread_id, request.message_id)
+        answer = await self.webrtc.listen(
+            body_pb.ReadChunksRequest(
+                thread_id=thread_id,
+                message_id=message_id,
+                origin=request.origin,
+                from_index=request.from_index,
+            ),
+            request.offer_sdp,
+        )
+        return pb.ListenWebRtcResponse(answer_sdp=answer)
 
     async def ReadBodyRange(
         self, request: pb.ReadBodyRangeRequest, context: Context
@@ -750,6 +788,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
 
 
 def create_router_service(settings: Settings) -> ServiceParts:
+    configure_webrtc(settings)
     membership = RingMembership(settings, RING_KINDS)
     router = NodeRouter(settings, membership)
     peer = RouterPeer(router.hub, membership)
