@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import struct
 import time
-import uuid
 from typing import Any
 
 import grpc
@@ -15,6 +14,7 @@ import grpc
 from bench.bench_parameters import FRAME_BYTES, FRAME_MS
 from voxmesh.common.v1 import body_pb2
 from voxmesh.core.client_auth import issue_token
+from voxmesh.core.ids import new_uuid7
 from voxmesh.core.settings import AuthSettings
 from voxmesh.router.v1 import router_service_pb2 as router_pb
 from voxmesh.router.v1 import router_service_pb2_grpc as pb_grpc
@@ -29,17 +29,8 @@ _STAMP = struct.Struct("<qI")  # send time (CLOCK_MONOTONIC ns, shared by every 
 
 
 def uuid7() -> str:
-    """A UUIDv7 (time-ordered), as clients choose message ids."""
-    millis = int(time.time() * 1000)
-    rand = uuid.uuid4().int & ((1 << 74) - 1)
-    value = (
-        (millis << 80)
-        | (0x7 << 76)
-        | ((rand >> 62) << 64)
-        | (0b10 << 62)
-        | (rand & ((1 << 62) - 1))
-    )
-    return str(uuid.UUID(int=value))
+    """A UUIDv7, as clients choose message ids."""
+    return new_uuid7()
 
 
 def stamped_payload(index: int, size: int = FRAME_BYTES) -> bytes:

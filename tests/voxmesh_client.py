@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,23 +13,15 @@ import grpc
 
 from voxmesh.common.v1 import body_pb2, message_pb2, update_pb2
 from voxmesh.core.client_auth import issue_token
+from voxmesh.core.ids import new_uuid7
 from voxmesh.core.settings import Settings
 from voxmesh.router.v1 import router_service_pb2 as pb
 from voxmesh.router.v1 import router_service_pb2_grpc as pb_grpc
 
 
 def uuid7() -> str:
-    """A UUIDv7 (time-ordered), as clients choose message ids."""
-    millis = int(time.time() * 1000)
-    rand = uuid.uuid4().int & ((1 << 74) - 1)
-    value = (
-        (millis << 80)
-        | (0x7 << 76)
-        | ((rand >> 62) << 64)
-        | (0b10 << 62)
-        | (rand & ((1 << 62) - 1))
-    )
-    return str(uuid.UUID(int=value))
+    """A UUIDv7, as clients choose message ids."""
+    return new_uuid7()
 
 
 def voice_chunks(count: int, seed: str = "voice", size: int = 160) -> list[body_pb2.Chunk]:

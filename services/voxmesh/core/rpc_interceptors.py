@@ -1,6 +1,7 @@
-"""Server interceptors shared by every service: request id + logs, metrics, error mapping.
+"""Server interceptors shared by every service: request id + logs, metrics, error mapping,
+undecodable requests, request field checks.
 
-grpc.aio interceptors only see handlers, so each one here is an async context manager run
+grpc.aio interceptors only see handlers, so most here are an async context manager run
 around the handler's behaviour, for unary and streaming RPCs alike (see ``_wrap``).
 """
 
@@ -8,16 +9,17 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import prometheus_client
 import structlog
+from google.protobuf.message import Message
 
 from voxmesh.core import domain_errors as errors
-from voxmesh.core.structured_logging import get_logger, new_request_id
+from voxmesh.core.structured_logging import LogRateLimit, get_logger, new_request_id
 
 REQUEST_ID_KEY = "x-request-id"
 
@@ -74,6 +76,7 @@ if TYPE_CHECKING:  # generic in grpc-stubs only, not at run time
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
     _ServerInterceptor = grpc.aio.ServerInterceptor
+ServerInterceptor = _ServerInterceptor  # what ServiceParts.interceptors holds
 
 Around = Callable[[str, grpc.aio.ServicerContext[Any, Any]], AbstractAsyncContextManager[None]]
 
@@ -235,8 +238,23 @@ class MetricsInterceptor(AroundInterceptor):
             RPC_HANDLED.labels(self._service, name, _code_name(context, failed)).inc()
 
 
+LOG_LINES_LEFT_OUT = prometheus_client.Counter(
+    "voxmesh_log_lines_left_out_total",
+    "Refusal log lines left out by the rate limit (the refusals are still counted by code).",
+    ["service"],
+)
+
+
 class ErrorMappingInterceptor(AroundInterceptor):
-    """The one place where domain errors become gRPC statuses; anything else is INTERNAL."""
+    """The one place where domain errors become gRPC statuses; anything else is INTERNAL.
+
+    Refusals are what a client can cause at will, so their log line is rate limited per
+    method and status (a few per second, then a count of those left out).
+    """
+
+    def __init__(self, service: str = "", refusal_log: LogRateLimit | None = None) -> None:
+        self._service = service
+        self._refusal_log = refusal_log or LogRateLimit()
 
     @asynccontextmanager
     async def around(
@@ -250,7 +268,11 @@ class ErrorMappingInterceptor(AroundInterceptor):
             # A refusal, or a call to another voxmesh service that failed with a precise
             # status: pass it on.
             code, details = client_status(exc) or (grpc.StatusCode.UNKNOWN, "")
-            _log.info("rpc refused", code=code.name, reason=details)
+            left_out = self._refusal_log.admit((method, code))
+            if left_out is None:
+                LOG_LINES_LEFT_OUT.labels(self._service).inc()
+            else:
+                _log.info("rpc refused", code=code.name, reason=details, left_out=left_out)
             await context.abort(code, details)
         except Exception:
             # Never leak internals or crash the server: log it whole, tell the client little.
@@ -259,3 +281,168 @@ class ErrorMappingInterceptor(AroundInterceptor):
             await context.abort(
                 grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
             )
+
+
+# -- undecodable requests ------------------------------------------------------------------
+
+
+class UndecodableRequest:
+    """What a unary method receives instead of its request when the bytes do not decode."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _undecodable_reason(deserializer: Callable[[bytes], Any], raw: bytes, exc: Exception) -> str:
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    type_name = getattr(descriptor, "full_name", "the request type")
+    # protobuf says "Error parsing message with type '<name>': <why>": keep the why.
+    why = str(exc).rpartition("': ")[2] or type(exc).__name__
+    return f"the request ({len(raw)} bytes) does not decode as {type_name}: {why}"
+
+
+def _decoding(deserializer: Callable[[bytes], Any], streaming: bool) -> Callable[[bytes], Any]:
+    """``deserializer`` with its failure turned into a refusal instead of grpc's UNKNOWN.
+
+    A unary request is decoded before any handler code runs, where an exception becomes
+    UNKNOWN plus a traceback in the log: return a marker instead, refused by the handler.
+    A streamed request is decoded inside the handler's read, so raising there is refused.
+    """
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:
+            reason = _undecodable_reason(deserializer, raw, exc)
+            if streaming:
+                raise errors.InvalidArgument(reason) from None
+            return UndecodableRequest(reason)
+
+    return decode
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, UndecodableRequest):
+        raise errors.InvalidArgument(request.reason)
+    return request
+
+
+class RequestDecodingInterceptor(_ServerInterceptor):
+    """Undecodable request bytes answer INVALID_ARGUMENT, for every method of the server.
+
+    The innermost interceptor: a refusal here comes after authentication, and is mapped
+    (and its log line rate limited) by the error mapping like any other.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        if handler.request_streaming:  # decoded in the handler's reads: nothing to wrap
+            return _with_deserializer(handler, _decoding(handler.request_deserializer, True))
+
+        def checked(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            if inspect.isasyncgenfunction(behavior):
+
+                async def stream(request: Any, context: Any) -> Any:
+                    async for item in behavior(_decoded(request), context):
+                        yield item
+
+                return stream
+
+            async def unary(request: Any, context: Any) -> Any:
+                return await behavior(_decoded(request), context)
+
+            return unary
+
+        return _with_deserializer(handler, _decoding(handler.request_deserializer, False), checked)
+
+
+def _with_deserializer(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    deserializer: Callable[[bytes], Any],
+    change: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A copy of ``handler`` with another request deserializer (and behaviour)."""
+
+    def behavior(original: Callable[..., Any]) -> Callable[..., Any]:
+        return change(original) if change is not None else original
+
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            behavior(handler.unary_unary), deserializer, handler.response_serializer
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            behavior(handler.unary_stream), deserializer, handler.response_serializer
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            behavior(handler.stream_unary), deserializer, handler.response_serializer
+        )
+    assert handler.stream_stream is not None
+    return grpc.stream_stream_rpc_method_handler(
+        behavior(handler.stream_stream), deserializer, handler.response_serializer
+    )
+
+
+# -- request field checks ------------------------------------------------------------------
+
+
+class FieldCheckInterceptor(_ServerInterceptor):
+    """Runs ``check`` on every unary request of the given services before their handler.
+
+    Requests of client-streaming methods are the servicer's to check (a stream's first
+    frame, say), so nothing is added per frame on the live path.
+    """
+
+    def __init__(self, check: Callable[[Message], None], services: Collection[str]) -> None:
+        self._check = check
+        self._prefixes = tuple(f"/{name}/" for name in services)
+
+    def _checked(self, request: Any) -> Any:
+        if isinstance(request, Message):  # an UndecodableRequest is refused further in
+            self._check(request)
+        return request
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if (
+            handler is None
+            or handler.request_streaming
+            or not handler_call_details.method.startswith(self._prefixes)
+        ):
+            return handler
+        checked = self._checked
+
+        def change(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            if inspect.isasyncgenfunction(behavior):
+
+                async def stream(request: Any, context: Any) -> Any:
+                    async for item in behavior(checked(request), context):
+                        yield item
+
+                return stream
+
+            async def unary(request: Any, context: Any) -> Any:
+                return await behavior(checked(request), context)
+
+            return unary
+
+        assert handler.request_deserializer is not None
+        return _with_deserializer(handler, handler.request_deserializer, change)

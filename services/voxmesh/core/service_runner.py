@@ -22,10 +22,11 @@ from grpc_reflection.v1alpha import reflection
 from voxmesh.core.dynamic_config import DynamicSettings, SettingsListener
 from voxmesh.core.ring_membership import Member, RingMembership
 from voxmesh.core.rpc_interceptors import (
-    AroundInterceptor,
     ErrorMappingInterceptor,
     MetricsInterceptor,
     RequestContextInterceptor,
+    RequestDecodingInterceptor,
+    ServerInterceptor,
 )
 from voxmesh.core.settings import ServiceKind, Settings
 from voxmesh.core.structured_logging import get_logger
@@ -60,7 +61,7 @@ class ServiceParts:
     startup_hooks: list[LifecycleHook] = field(default_factory=list)
     shutdown_hooks: list[LifecycleHook] = field(default_factory=list)
     # Run inside the error mapping (so their domain errors become statuses), e.g. auth.
-    interceptors: list[AroundInterceptor] = field(default_factory=list)
+    interceptors: list[ServerInterceptor] = field(default_factory=list)
     # The service's ring membership, if it watches rings; else the runner registers it alone.
     membership: RingMembership | None = None
     # Called with the new settings when dynamic settings in etcd change.
@@ -79,7 +80,7 @@ class ServiceRunner:
     startup_hooks: list[LifecycleHook] = field(default_factory=list)
     shutdown_hooks: list[LifecycleHook] = field(default_factory=list)
     # Run inside the error mapping (so their domain errors become statuses), e.g. auth.
-    interceptors: list[AroundInterceptor] = field(default_factory=list)
+    interceptors: list[ServerInterceptor] = field(default_factory=list)
     # Registered in etcd once serving, left first on drain; None = not in any ring (tests).
     membership: RingMembership | None = None
     # False: watch the rings (a router must) without registering this process in them.
@@ -113,8 +114,10 @@ class ServiceRunner:
             interceptors=[
                 RequestContextInterceptor(),
                 self._metrics,
-                ErrorMappingInterceptor(),
+                ErrorMappingInterceptor(self.kind),
                 *self.interceptors,
+                # Innermost: undecodable bytes are refused after authentication.
+                RequestDecodingInterceptor(),
             ],
             # Beyond this grpc answers RESOURCE_EXHAUSTED instead of queueing: bounded work.
             maximum_concurrent_rpcs=service_settings.max_concurrent_rpcs,

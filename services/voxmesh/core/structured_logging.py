@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import uuid
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import structlog
@@ -41,3 +43,41 @@ def new_request_id() -> str:
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
     return logger
+
+
+class LogRateLimit:
+    """Lets at most ``burst`` lines per key through per ``interval_s``.
+
+    For lines a client can cause (refusals): a flood of bad requests costs a few lines per
+    second, not one per request. The first line of the next window says how many of the
+    key's lines were left out.
+    """
+
+    def __init__(
+        self,
+        burst: int = 10,
+        interval_s: float = 1.0,
+        max_keys: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._burst = burst
+        self._interval_s = interval_s
+        self._max_keys = max_keys
+        self._windows: dict[Hashable, list[float]] = {}  # key -> [start, lines, left out]
+
+    def admit(self, key: Hashable) -> int | None:
+        """None: leave this line out; else how many lines of ``key`` were left out before it."""
+        now = self._clock()
+        window = self._windows.get(key)
+        if window is None or now - window[0] >= self._interval_s:
+            if window is None and len(self._windows) >= self._max_keys:
+                self._windows.clear()
+            left_out = int(window[2]) if window is not None else 0
+            self._windows[key] = [now, 1, 0]
+            return left_out
+        if window[1] < self._burst:
+            window[1] += 1
+            return 0
+        window[2] += 1
+        return None

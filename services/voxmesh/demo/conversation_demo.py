@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import secrets
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import grpc
 
 from voxmesh.common.v1 import body_pb2, device_pb2, message_pb2, thread_pb2, update_pb2
 from voxmesh.core.client_auth import issue_token
+from voxmesh.core.ids import new_uuid7
 from voxmesh.core.settings import Settings
 from voxmesh.demo.speech_audio import OggPage, encode_ogg_opus, ogg_duration_s, synthesize
 from voxmesh.notification.webhook_receiver import WebhookReceiver
@@ -32,14 +32,6 @@ SCRIPT = (
     ("bob", "Hi Alice, I heard you live. Carol will catch up when she is back."),
 )
 CONTENT_TYPE = "audio/ogg;codecs=opus"
-
-
-def _uuid7() -> str:
-    millis = int(time.time() * 1000)
-    rand = uuid.uuid4().int
-    value = (millis << 80) | (0x7 << 76) | (rand & ((1 << 76) - 1))
-    value = (value & ~(0b11 << 62)) | (0b10 << 62)
-    return str(uuid.UUID(int=value))
 
 
 @dataclass
@@ -72,7 +64,7 @@ async def _talk(
     speaker: Participant, thread_id: str, pages: list[OggPage], sent_at: dict[int, float]
 ) -> pb.SendResponse:
     """Stream the pages at real time, as a phone would while its user speaks."""
-    message_id = _uuid7()
+    message_id = new_uuid7()
     call = speaker.stub.Send(metadata=speaker.metadata)
     start = message_pb2.MessageStart(
         message_id=message_id,
@@ -200,7 +192,10 @@ async def run_demo(
             await alice.call(
                 "SendText",
                 pb.SendTextRequest(
-                    message_id=_uuid7(), thread_id=thread_id, device_id="phone", text="Talk later!"
+                    message_id=new_uuid7(),
+                    thread_id=thread_id,
+                    device_id="phone",
+                    text="Talk later!",
                 ),
             )
             say("alice texts: 'Talk later!'")

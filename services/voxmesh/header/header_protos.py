@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from voxmesh.common.v1 import mark_pb2, message_pb2, thread_pb2
+from voxmesh.core import field_rules
 from voxmesh.header.header_records import (
     Header,
     Like,
@@ -33,11 +34,11 @@ def timestamp(value: datetime | None) -> Timestamp | None:
 
 
 def from_timestamp(message: object, field: str) -> datetime | None:
-    """The datetime of an optional Timestamp field (None when unset)."""
+    """The datetime of an optional Timestamp field (None when unset); out of range is
+    INVALID_ARGUMENT naming the field."""
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
-    value: Timestamp = getattr(message, field)
-    return value.ToDatetime(tzinfo=UTC)
+    return field_rules.timestamp(getattr(message, field), field)
 
 
 def location_pb(location: Location | None) -> message_pb2.Location | None:
@@ -167,5 +168,5 @@ def message_totals(end: message_pb2.MessageEnd) -> MessageTotals:
     return MessageTotals(
         chunk_count=end.chunk_count,
         size_bytes=end.size_bytes,
-        duration_nanos=end.duration.seconds * _NANOS + end.duration.nanos,
+        duration_nanos=field_rules.duration_nanos(end.duration, "end.duration"),
     )

@@ -13,13 +13,25 @@ import json
 from datetime import datetime
 from typing import Any
 
+from voxmesh.core import field_rules
 from voxmesh.core.domain_errors import InvalidArgument
+from voxmesh.core.field_rules import MAX_INT64, page_size
 from voxmesh.header.header_storage import EPOCH, from_micros, to_micros
 
+__all__ = [
+    "decode_cursor",
+    "decode_page_token",
+    "encode_cursor",
+    "encode_page_token",
+    "page_size",
+    "token_int",
+    "token_str",
+    "token_time",
+]
+
 _VERSION = 1
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 200
-_MAX_TOKEN_CHARS = 2048
+# Microseconds since the epoch of the last instant a Timestamp can name.
+_MAX_MICROS = (field_rules.MAX_TIMESTAMP_SECONDS + 1) * 1_000_000 - 1
 
 
 def _encode(payload: dict[str, Any]) -> str:
@@ -29,8 +41,7 @@ def _encode(payload: dict[str, Any]) -> str:
 
 
 def _decode(value: str, what: str) -> dict[str, Any]:
-    if len(value) > _MAX_TOKEN_CHARS:
-        raise InvalidArgument(f"{what} is malformed (too long): pass back the value returned")
+    field_rules.opaque_token(value, what)
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
         payload = json.loads(raw)
@@ -54,10 +65,19 @@ def decode_page_token(token: str, listing: str, **expected: Any) -> dict[str, An
 
 
 def token_int(payload: dict[str, Any], key: str) -> int:
+    """A non-negative 64-bit integer of a token (a forged one may hold anything)."""
     value = payload.get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_INT64:
         raise InvalidArgument("page_token is malformed: pass back the value returned")
     return value
+
+
+def token_time(payload: dict[str, Any], key: str) -> datetime:
+    """An instant of a token, stored as microseconds since the epoch."""
+    micros = token_int(payload, key)
+    if micros > _MAX_MICROS:
+        raise InvalidArgument("page_token is malformed: pass back the value returned")
+    return from_micros(micros)
 
 
 def token_str(payload: dict[str, Any], key: str) -> str:
@@ -76,14 +96,6 @@ def decode_cursor(cursor: str) -> datetime:
     if not cursor:
         return EPOCH
     micros = _decode(cursor, "cursor").get("c")
-    if not isinstance(micros, int) or isinstance(micros, bool) or micros < 0:
+    if not isinstance(micros, int) or isinstance(micros, bool) or not 0 <= micros <= _MAX_MICROS:
         raise InvalidArgument("cursor is malformed: pass back a next_cursor value")
     return from_micros(micros)
-
-
-def page_size(value: int, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE) -> int:
-    if value < 0:
-        raise InvalidArgument(f"page_size must not be negative (got {value})")
-    if value > maximum:
-        raise InvalidArgument(f"page_size {value} is above the maximum of {maximum}")
-    return value or default

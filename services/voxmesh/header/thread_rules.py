@@ -56,7 +56,6 @@ from voxmesh.header.header_storage import (
     ReadTxn,
     Row,
     WriteTxn,
-    from_micros,
     stamp_commit_ts,
     to_micros,
 )
@@ -66,6 +65,7 @@ from voxmesh.header.header_tokens import (
     page_size,
     token_int,
     token_str,
+    token_time,
 )
 
 
@@ -256,7 +256,7 @@ class ThreadRules:
         after: tuple[int, str] | None = None
         if page_token:
             token = decode_page_token(page_token, "threads", u=user_id)
-            at = from_micros(token_int(token, "at"))
+            at = token_time(token, "at")
             after = (token_int(token, "ut"), token_str(token, "t"))
 
         def unit(txn: ReadTxn) -> tuple[list[Thread], bool]:

@@ -44,7 +44,6 @@ from voxmesh.header.header_storage import (
     ReadTxn,
     Row,
     WriteTxn,
-    from_micros,
     to_micros,
 )
 from voxmesh.header.header_tokens import (
@@ -55,6 +54,7 @@ from voxmesh.header.header_tokens import (
     page_size,
     token_int,
     token_str,
+    token_time,
 )
 
 # The upper bound of a first page: its snapshot already ends at S.
@@ -121,8 +121,8 @@ class TimelineRules:
         since = decode_cursor(cursor)
         if page_token:
             token = decode_page_token(page_token, "timeline", u=user_id)
-            since = from_micros(token_int(token, "c"))
-            at = from_micros(token_int(token, "s"))
+            since = token_time(token, "c")
+            at = token_time(token, "s")
             after_thread, after_seq = token_str(token, "t"), token_int(token, "q")
         use_ack = not cursor and not page_token and bool(device_id)
 

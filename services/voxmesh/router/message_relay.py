@@ -18,6 +18,7 @@ import grpc
 
 from voxmesh.body.v1 import body_service_pb2 as body_pb
 from voxmesh.common.v1 import body_pb2, message_pb2, update_pb2
+from voxmesh.core import field_rules
 from voxmesh.core.chunk_frames import (
     BodyEdge,
     FrameLimits,
@@ -262,6 +263,7 @@ class MessageRelay:
         self, live: LiveMessage, end: message_pb2.MessageEnd
     ) -> message_pb2.MessageHeader:
         """Body final (one object), then header complete, then tell every target."""
+        field_rules.check_fields(end, "end")  # before the body is finished
         _, body = self._mesh.body(live.message_id)
         await body.FinishBody(
             body_pb.FinishBodyRequest(
@@ -307,6 +309,7 @@ class MessageRelay:
         inbox = _SendInbox(frames)
         try:
             try:
+                field_rules.check_fields(first)  # its chunks: the chunk-frame rule, in start
                 live, durable = await self.start(
                     user_id, first.device_id, first.start, first.chunks, first.resume_from_index
                 )

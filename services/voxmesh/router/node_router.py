@@ -8,7 +8,6 @@ changed is fanned out to the updates streams of the users concerned.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,11 +15,13 @@ import grpc
 
 from voxmesh.body.v1 import body_service_pb2 as body_pb
 from voxmesh.common.v1 import body_pb2, mark_pb2, message_pb2, thread_pb2, update_pb2
+from voxmesh.core import field_rules
 from voxmesh.core.client_auth import AuthInterceptor, current_caller, token_verifier
 from voxmesh.core.domain_errors import FailedPrecondition, InvalidArgument, PermissionDenied
-from voxmesh.core.ids import require_id
+from voxmesh.core.ids import new_uuid7, require_id
 from voxmesh.core.mesh_clients import RING_KINDS, MeshClients
 from voxmesh.core.ring_membership import RingMembership
+from voxmesh.core.rpc_interceptors import FieldCheckInterceptor
 from voxmesh.core.service_runner import Registration, ServiceParts
 from voxmesh.core.settings import Settings
 from voxmesh.core.structured_logging import get_logger
@@ -39,6 +40,7 @@ from voxmesh.router.webrtc_sessions import WebRtcSessions
 from voxmesh.router.webrtc_sessions import configure_process as configure_webrtc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+ROUTER_SERVICE = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
 _log = get_logger(__name__)
 
 
@@ -434,7 +436,12 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
             (other,) = set(others) - {user}
             thread_id = direct_thread_id(user, other)
         elif request.kind == thread_pb2.THREAD_KIND_GROUP:
-            thread_id = request.thread_id or str(uuid.uuid4())
+            # Client-chosen (for idempotent retries) or ours: a UUIDv7 either way.
+            thread_id = (
+                field_rules.uuid7(request.thread_id, "thread_id")
+                if request.thread_id
+                else new_uuid7()
+            )
         else:
             raise InvalidArgument("kind must be THREAD_KIND_DIRECT or THREAD_KIND_GROUP")
         reply = await self._mesh.header(thread_id).CreateThread(
@@ -796,7 +803,7 @@ def create_router_service(settings: Settings) -> ServiceParts:
     return ServiceParts(
         [
             Registration(
-                "voxmesh.router.v1.RouterService",
+                ROUTER_SERVICE,
                 router,
                 pb_grpc.add_RouterServiceServicer_to_server,
             ),
@@ -811,5 +818,10 @@ def create_router_service(settings: Settings) -> ServiceParts:
         startup_hooks=[verifier.start, router.open],
         shutdown_hooks=[router.close, verifier.close],
         membership=membership,
-        interceptors=[AuthInterceptor(verifier, ["voxmesh.router.v1.RouterService"])],
+        interceptors=[
+            AuthInterceptor(verifier, [ROUTER_SERVICE]),
+            # Every field of every unary request, before it goes anywhere (Send: the relay
+            # checks its first frame and its end).
+            FieldCheckInterceptor(field_rules.check_fields, [ROUTER_SERVICE]),
+        ],
     )
