@@ -3,6 +3,10 @@
 Delivery never waits: each device has a bounded queue, and a device that falls behind is
 disconnected (it resumes from its cursor, replaying durable events from the header store and
 reading missed audio from the body store) rather than slowing the speaker.
+
+Queues hold serialized ``UpdateEvent``s: an event is serialized once however many devices it
+goes to, and one relayed from a peer router is queued as the bytes that came, never decoded
+(the updates stream splices them into its frames).
 """
 
 from __future__ import annotations
@@ -35,11 +39,11 @@ class DeviceStream:
     user_id: str
     device_id: str
     queue_max: int
-    pending: deque[update_pb2.UpdateEvent] = field(default_factory=deque)
+    pending: deque[bytes] = field(default_factory=deque)  # serialized UpdateEvents
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed_reason: str | None = None
 
-    def offer(self, event: update_pb2.UpdateEvent) -> None:
+    def offer(self, event: bytes) -> None:
         if self.closed_reason is not None:
             return
         if len(self.pending) >= self.queue_max:
@@ -57,16 +61,14 @@ class DeviceStream:
         self.closed_reason = reason
         self.wake.set()
 
-    async def next_batch(
-        self, timeout_s: float, max_events: int = 256
-    ) -> list[update_pb2.UpdateEvent]:
+    async def next_batch(self, timeout_s: float, max_events: int = 256) -> list[bytes]:
         """Queued events (at most ``max_events``), or [] after ``timeout_s`` with none."""
         if not self.pending and self.closed_reason is None:
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout_s)
             except TimeoutError:
                 return []
-        batch: list[update_pb2.UpdateEvent] = []
+        batch: list[bytes] = []
         while self.pending and len(batch) < max_events:
             batch.append(self.pending.popleft())
         if not self.pending:
@@ -117,14 +119,31 @@ class DeviceHub:
         skip_device: tuple[str, str] | None = None,
     ) -> int:
         """Queue ``event`` on every connected device of ``user_ids``; returns how many."""
-        delivered = 0
-        for user_id in user_ids:
-            for stream in self._by_user.get(user_id, {}).values():
-                if skip_device == (stream.user_id, stream.device_id):
-                    continue
-                stream.offer(event)
-                delivered += 1
-        return delivered
+        streams = self._streams(user_ids, skip_device)
+        if streams:
+            raw = event.SerializeToString()
+            for stream in streams:
+                stream.offer(raw)
+        return len(streams)
+
+    def deliver_raw(
+        self, user_ids: Iterable[str], event: bytes, skip_device: tuple[str, str] | None = None
+    ) -> int:
+        """``deliver`` for an event already serialized (from a peer router): not decoded."""
+        streams = self._streams(user_ids, skip_device)
+        for stream in streams:
+            stream.offer(event)
+        return len(streams)
+
+    def _streams(
+        self, user_ids: Iterable[str], skip_device: tuple[str, str] | None
+    ) -> list[DeviceStream]:
+        return [
+            stream
+            for user_id in user_ids
+            for stream in self._by_user.get(user_id, {}).values()
+            if skip_device != (stream.user_id, stream.device_id)
+        ]
 
     def close_users(self, keep: Callable[[str], bool], reason: str) -> int:
         """Close the streams of every user for whom ``keep(user)`` is false."""

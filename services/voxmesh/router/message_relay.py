@@ -98,6 +98,7 @@ class MessageRelay:
         self._mesh = mesh
         self._links = links
         self._body_links = BodyLinks(settings, mesh)
+        links.reroute = self._reroute_moved
         self.node_id = ""  # this router's ring id, once bound
         self._live: dict[str, LiveMessage] = {}
         self._abandon_watch: dict[str, asyncio.Task[None]] = {}
@@ -145,6 +146,33 @@ class MessageRelay:
                 member.address,
                 peer_pb.RelayEntry(
                     user_ids=users, event=payload, exclude_device_id=exclude, ephemeral=ephemeral
+                ),
+            )
+
+    def _reroute_moved(
+        self, users: list[str], entry: peer_pb.RelayEntry, from_address: str
+    ) -> None:
+        """A peer said these users are not homed there (any more): resend to their home now."""
+        ring = self._mesh.membership.ring("router")
+        exclude = entry.exclude_device_id
+        remote: dict[str, list[str]] = {}
+        for user in users:
+            home = ring.home(user) if len(ring) else None
+            if home is None or home == self.node_id:
+                self._hub.deliver_raw([user], entry.event, (user, exclude) if exclude else None)
+            else:
+                remote.setdefault(home, []).append(user)
+        for node_id, moved in remote.items():
+            member = self._mesh.membership.member("router", node_id)
+            if member is None or member.address == from_address:
+                continue  # this router's ring has not caught up yet: the event stays lost
+            self._links.send(
+                member.address,
+                peer_pb.RelayEntry(
+                    user_ids=moved,
+                    event=entry.event,
+                    exclude_device_id=exclude,
+                    ephemeral=entry.ephemeral,
                 ),
             )
 

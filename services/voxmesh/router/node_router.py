@@ -32,7 +32,7 @@ from voxmesh.router.peer_links import PeerLinks
 from voxmesh.router.presence_tracker import PresenceTracker
 from voxmesh.router.push_notices import PushNotices
 from voxmesh.router.router_peer import RouterPeer
-from voxmesh.router.updates_stream import MOVED, UpdatesStreamer
+from voxmesh.router.updates_stream import MOVED, SplicedUpdatesInterceptor, UpdatesStreamer
 from voxmesh.router.v1 import router_peer_service_pb2_grpc
 from voxmesh.router.v1 import router_service_pb2 as pb
 from voxmesh.router.v1 import router_service_pb2_grpc as pb_grpc
@@ -312,7 +312,8 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
                 f"(Discover returns the current list)"
             )
         async for frame in self._updates.stream(user, request.device_id, request.cursor):
-            yield frame
+            # Live frames come spliced as wire bytes (SplicedUpdatesInterceptor sends them).
+            yield frame  # type: ignore[misc]
 
     async def ReadBody(
         self, request: pb.ReadBodyRequest, context: Context
@@ -823,5 +824,6 @@ def create_router_service(settings: Settings) -> ServiceParts:
             # Every field of every unary request, before it goes anywhere (Send: the relay
             # checks its first frame and its end).
             FieldCheckInterceptor(field_rules.check_fields, [ROUTER_SERVICE]),
+            SplicedUpdatesInterceptor(),
         ],
     )

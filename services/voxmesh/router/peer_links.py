@@ -2,15 +2,20 @@
 
 Entries bound for a peer are coalesced: whatever is waiting when the link's writer wakes
 goes out as one frame, so many chunks that share a link cost one write. The event is
-serialized once per fan-out and carried as bytes. A broken link is re-opened on the next
-entry; live entries lost with it are not resent (the body store has the audio, and durable
-events reach devices again through their updates stream's re-sync).
+serialized once per fan-out and carried as bytes. The target acks frames and names a window:
+at most that many frames are in flight, and while the window is full entries gather into the
+next frame. Users the target says are no longer homed there are re-resolved on the ring and
+their entries resent to the new home. A broken link is re-opened on the next entry; live
+entries lost with it are not resent (the body store has the audio, and durable events reach
+devices again through their updates stream's re-sync).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import prometheus_client
@@ -34,14 +39,26 @@ LINK_DROPPED = prometheus_client.Counter(
 )
 
 
+# Where entries for users that moved go: (users, entry, the link that reported them).
+Reroute = Callable[[list[str], peer_pb.RelayEntry, str], None]
+_WINDOW_UNTIL_ACKED = 16  # frames in flight before the target's first ack names its window
+
+
 class PeerLink:
-    def __init__(self, mesh: MeshClients, source_node_id: str, address: str) -> None:
+    def __init__(
+        self, mesh: MeshClients, source_node_id: str, address: str, reroute: Reroute
+    ) -> None:
         self._mesh = mesh
         self._source = source_node_id
         self.address = address
+        self._reroute = reroute
         self._pending: list[peer_pb.RelayEntry] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Flow control: frames sent and not acked (kept to resend to users that moved).
+        self._inflight: dict[int, list[peer_pb.RelayEntry]] = {}
+        self._acked = 0
+        self._window = _WINDOW_UNTIL_ACKED
 
     def send(self, entry: peer_pb.RelayEntry) -> None:
         if len(self._pending) >= _MAX_PENDING:
@@ -54,18 +71,27 @@ class PeerLink:
 
     async def _run(self) -> None:
         call = self._mesh.peer(self.address).Relay()  # type: ignore[call-arg]
+        self._inflight.clear()
+        self._acked = 0
+        self._window = _WINDOW_UNTIL_ACKED
         reader = asyncio.create_task(self._read_acks(call))
         frame_seq = 0
         try:
             while True:
-                if not self._pending:
+                # Wait for entries, and for room in the target's window: while it is full,
+                # entries gather into the next frame (back-pressure coalesces).
+                while not self._pending or frame_seq - self._acked >= self._window:
+                    if reader.done():
+                        return
                     self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), 30)
                     except TimeoutError:
-                        return  # idle link: close it, re-open on demand
+                        if not self._pending and not self._inflight:
+                            return  # idle link: close it, re-open on demand
                 entries, self._pending = self._pending, []
                 frame_seq += 1
+                self._inflight[frame_seq] = entries
                 await call.write(
                     peer_pb.RelayRequest(
                         source_node_id=self._source, frame_seq=frame_seq, entries=entries
@@ -79,15 +105,32 @@ class PeerLink:
             self._mesh.suspect(self.address)
             _log.warning("peer link failed", peer=self.address, error=repr(exc))
         finally:
+            self._inflight.clear()
             reader.cancel()
             with contextlib.suppress(Exception):
                 await call.done_writing()
             call.cancel()
 
-    async def _read_acks(self, call: object) -> None:
+    async def _read_acks(self, call: Any) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
-            async for _reply in call:  # type: ignore[attr-defined]
-                pass
+            async for reply in call:
+                self._acked_up_to(reply)
+        self._wake.set()  # the link ended: the writer stops
+
+    def _acked_up_to(self, reply: peer_pb.RelayResponse) -> None:
+        acked = reply.acked_frame_seq
+        frames = [self._inflight.pop(seq) for seq in range(self._acked + 1, acked + 1)]
+        self._acked = max(self._acked, acked)
+        if reply.window_frames:
+            self._window = reply.window_frames
+        if reply.moved_user_ids:
+            moved = set(reply.moved_user_ids)
+            for frame in frames:
+                for entry in frame:
+                    users = [u for u in entry.user_ids if u in moved]
+                    if users:
+                        self._reroute(users, entry, self.address)
+        self._wake.set()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -101,12 +144,19 @@ class PeerLinks:
         self._mesh = mesh
         self._links: dict[str, PeerLink] = {}
         self.source_node_id = ""
+        # Set by the owner: re-resolves users a target said are no longer homed there.
+        self.reroute: Reroute = lambda users, entry, address: LINK_DROPPED.inc()
 
     def send(self, address: str, entry: peer_pb.RelayEntry) -> None:
         link = self._links.get(address)
         if link is None:
-            link = self._links[address] = PeerLink(self._mesh, self.source_node_id, address)
+            link = self._links[address] = PeerLink(
+                self._mesh, self.source_node_id, address, self._reroute
+            )
         link.send(entry)
+
+    def _reroute(self, users: list[str], entry: peer_pb.RelayEntry, address: str) -> None:
+        self.reroute(users, entry, address)
 
     async def close(self) -> None:
         for link in self._links.values():

@@ -11,6 +11,9 @@ from voxmesh.router.device_hub import DeviceHub
 from voxmesh.router.v1 import router_peer_service_pb2 as pb
 from voxmesh.router.v1 import router_peer_service_pb2_grpc as pb_grpc
 
+# Frames a source router may have unacknowledged on a Relay link.
+RELAY_WINDOW_FRAMES = 64
+
 
 class RouterPeer(pb_grpc.RouterPeerServiceServicer):
     def __init__(self, hub: DeviceHub, membership: RingMembership) -> None:
@@ -36,13 +39,27 @@ class RouterPeer(pb_grpc.RouterPeerServiceServicer):
     async def Relay(
         self, request_iterator: AsyncIterator[pb.RelayRequest], context: Any
     ) -> AsyncIterator[pb.RelayResponse]:
+        """Each frame is handed to device streams at once (never waits) and acked with the
+        window the source may run ahead by; users neither connected nor homed here come back
+        as moved (the source resends to their new home). Event bytes go to the devices as
+        they came, undecoded."""
+        hub = self._hub
         async for frame in request_iterator:
+            ring = self._membership.ring("router")
+            check_home = len(ring) > 0
             moved: list[str] = []
             for entry in frame.entries:
-                event = update_pb2.UpdateEvent.FromString(entry.event)
-                gone, _ = self._deliver(list(entry.user_ids), event, entry.exclude_device_id)
-                moved += gone
-            yield pb.RelayResponse(acked_frame_seq=frame.frame_seq, moved_user_ids=moved)
+                exclude = entry.exclude_device_id
+                for user in entry.user_ids:
+                    if hub.is_online(user):  # still connected here: delivered here
+                        hub.deliver_raw([user], entry.event, (user, exclude) if exclude else None)
+                    elif check_home and ring.home(user) != self.node_id:
+                        moved.append(user)
+            yield pb.RelayResponse(
+                acked_frame_seq=frame.frame_seq,
+                window_frames=RELAY_WINDOW_FRAMES,
+                moved_user_ids=moved,
+            )
 
     async def DeliverEvent(
         self, request: pb.DeliverEventRequest, context: Any

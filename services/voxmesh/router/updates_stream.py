@@ -11,12 +11,16 @@ disconnected is read from the body store (ReadBody), not replayed here.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
 
 from voxmesh.common.v1 import thread_pb2, update_pb2
 from voxmesh.core.domain_errors import Aborted, FailedPrecondition, ResourceExhausted
 from voxmesh.core.ids import require_id
 from voxmesh.core.mesh_clients import MeshClients
+from voxmesh.core.rpc_interceptors import AroundInterceptor
 from voxmesh.core.settings import UpdatesSettings
 from voxmesh.header.v1 import header_service_pb2 as header_pb
 from voxmesh.router.device_hub import DeviceHub
@@ -78,7 +82,8 @@ class UpdatesStreamer:
 
     async def stream(
         self, user: str, device_id: str, cursor: str
-    ) -> AsyncIterator[pb.UpdatesResponse]:
+    ) -> AsyncIterator[pb.UpdatesResponse | bytes]:
+        """Frames as messages, or live ones as spliced wire bytes (see splice_frame)."""
         require_id(device_id, "device_id")
         stream = self._hub.connect(user, device_id)
         try:
@@ -116,11 +121,11 @@ class UpdatesStreamer:
                     # Re-sync the cursor: anything durable a live hand-off missed comes now.
                     new_cursor = cursor
                     async for events, new_cursor in self._replay(user, device_id, cursor):  # noqa: B007
-                        batch += events
+                        batch += [e.SerializeToString() for e in events]
                     cursor = new_cursor
                     last_sync = now
                 if batch:
-                    yield pb.UpdatesResponse(events=batch, cursor=cursor)
+                    yield splice_frame(batch, cursor)
                     last_sent = now
                 elif now - last_sent >= self._settings.heartbeat_s:
                     heartbeat = update_pb2.Heartbeat()
@@ -131,3 +136,55 @@ class UpdatesStreamer:
                     last_sent = now
         finally:
             self._hub.disconnect(stream)
+
+
+UPDATES_METHOD = "/voxmesh.router.v1.RouterService/Updates"
+_EVENTS_TAG = b"\x0a"  # UpdatesResponse.events, field 1, length-delimited
+_CURSOR_TAG = b"\x12"  # UpdatesResponse.cursor, field 2, length-delimited
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def splice_frame(events: list[bytes], cursor: str) -> bytes:
+    """An UpdatesResponse's wire bytes from serialized events, without decoding them (a
+    repeated message field is its elements' bytes, each tagged and length-prefixed)."""
+    parts: list[bytes] = []
+    for event in events:
+        parts += (_EVENTS_TAG, _varint(len(event)), event)
+    if cursor:
+        encoded = cursor.encode()
+        parts += (_CURSOR_TAG, _varint(len(encoded)), encoded)
+    return b"".join(parts)
+
+
+def _serialize_frame(frame: pb.UpdatesResponse | bytes) -> bytes:
+    return frame if isinstance(frame, bytes) else frame.SerializeToString()
+
+
+class SplicedUpdatesInterceptor(AroundInterceptor):
+    """Lets the Updates handler yield frames already spliced into wire bytes."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if (
+            handler is None
+            or handler_call_details.method != UPDATES_METHOD
+            or handler.unary_stream is None
+        ):
+            return handler
+        return grpc.unary_stream_rpc_method_handler(
+            handler.unary_stream, handler.request_deserializer, _serialize_frame
+        )
