@@ -455,6 +455,7 @@ def _sweep_section(name: str, sweep: dict[str, Any]) -> list[str]:
                 fmt(s["write_block_ms"]["p99"]),
                 fmt(s["loadgen_loop_lag_ms"]["p99"]),
                 fmt(server_cpu),
+                fmt(s.get("store_writes_per_s")),
                 fmt((s.get("load_average_before") or [None])[0]),
                 s["verdict"]
                 + (
@@ -477,6 +478,7 @@ def _sweep_section(name: str, sweep: dict[str, Any]) -> list[str]:
             "write wait p99",
             "loadgen loop lag p99",
             "server CPU s",
+            "store writes/s (body node)",
             "load avg",
             "verdict",
         ],

@@ -162,6 +162,7 @@ class Run:
                 stack.service_pids(),
                 f"{self.run_id}r{routers}",
                 self.log,
+                stack.body_object_writes,
             )
             result.update({"backend": backend, "routers": routers})
             self.results["voxmesh_variants"].append(result)
@@ -213,6 +214,7 @@ class Run:
                 f"{self.run_id}-ack",
                 pids,
                 measure_s=params.ack_measure_s,
+                store_writes=stack.body_object_writes,
             )
             summary["source"] = "its own step"
             self.results["durable_ack"][backend] = summary

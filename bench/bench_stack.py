@@ -10,9 +10,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.bench_parameters import Backend
 from voxmesh.core.settings import INSTANCE_PORT_STRIDE, Settings, load_settings
@@ -23,6 +26,8 @@ from voxmesh.stack.local_stack import LocalStack
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _handed_out: set[int] = set()
+# The body node's counter of object-store writes (segments, parts, bodies, indexes, ...).
+BODY_WRITES_METRIC = "voxmesh_body_object_writes"
 
 
 class BenchUnsupported(RuntimeError):
@@ -108,6 +113,24 @@ class VoxmeshStack:
 
     def service_pids(self) -> dict[str, int]:
         return {n: p for n, p in self.stack.recorded_pids().items() if n != "supervisord"}
+
+    def body_object_writes(self) -> float | None:
+        """Object-store writes the (first) body node has made so far, from its /metrics."""
+        _, metrics_port = self.settings.body.instance_ports(0)
+        url = f"http://{self.settings.host}:{metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        total, found = 0.0, False
+        for family in text_string_to_metric_families(text):
+            if family.name == BODY_WRITES_METRIC:
+                for sample in family.samples:
+                    if sample.name == BODY_WRITES_METRIC + "_total":
+                        total += sample.value
+                        found = True
+        return total if found else None
 
 
 def spanner_emulator_available() -> bool:

@@ -20,6 +20,7 @@ from bench.process_cost import ProcessCost, wait_until_quiet
 from bench.relay_load import LoadTarget, StepResult, StepSpec, worker_main
 
 Log = Callable[[str], None]
+StoreWrites = Callable[[], float | None]  # the body node's object writes so far
 GO_DELAY_NS = 300_000_000  # every process starts its speakers at the same instant
 QUIET_WAIT_MAX_S = 30.0
 
@@ -118,12 +119,22 @@ def run_step(
     pool: LoadPool | None = None,
     listeners: int | None = None,
     measure_s: float | None = None,
+    store_writes: StoreWrites | None = None,
 ) -> dict[str, Any]:
     """One step of the sweep (or the fixed durable-ack load); returns its summary."""
     if pool is None:
         with LoadPool(params.loadgen_processes) as own:
             return run_step(
-                system, target, speakers, params, label, server_pids, own, listeners, measure_s
+                system,
+                target,
+                speakers,
+                params,
+                label,
+                server_pids,
+                own,
+                listeners,
+                measure_s,
+                store_writes,
             )
     listeners = params.listeners_per_thread if listeners is None else listeners
     measure_s = params.measure_s if measure_s is None else measure_s
@@ -162,6 +173,7 @@ def run_step(
     watched = {**server_pids, **pool.pids()}
     run_s = params.warmup_s + measure_s + params.drain_s
     result_deadline = time.monotonic() + GO_DELAY_NS / 1e9 + run_s + 40
+    writes_before = store_writes() if store_writes is not None else None
     with ProcessCost(watched) as cost:
         for index, conn in enumerate(conns):
             result = _receive(conn, "result", result_deadline)
@@ -170,10 +182,14 @@ def run_step(
             else:
                 pool.discard(index)
     cost_report = cost.report()
+    writes_after = store_writes() if store_writes is not None else None
     summary = _summarize(
         system, speakers, listeners, results, readies, workers, setup_s, cost_report, params
     )
     summary["load_average_before"] = load_average
+    if writes_before is not None and writes_after is not None and cost.wall_s > 0:
+        # Object-store writes by the body node over the step (setup excluded), per second.
+        summary["store_writes_per_s"] = round((writes_after - writes_before) / cost.wall_s, 1)
     return summary
 
 
@@ -263,6 +279,7 @@ def sweep(
     server_pids: Mapping[str, int],
     run_id: str,
     log: Log,
+    store_writes: StoreWrites | None = None,
 ) -> dict[str, Any]:
     """Steps through ``params.sweep`` until one fails, then bisects ``refine_steps`` times."""
     steps: list[dict[str, Any]] = []
@@ -277,14 +294,29 @@ def sweep(
             time.sleep(params.settle_s)
             settled = params.settle_s + wait_until_quiet(server_pids, QUIET_WAIT_MAX_S)
         label = f"{run_id}-{system[:2]}-n{speakers}"
-        summary = run_step(system, target, speakers, params, label, server_pids, pool)
+        summary = run_step(
+            system,
+            target,
+            speakers,
+            params,
+            label,
+            server_pids,
+            pool,
+            store_writes=store_writes,
+        )
         summary["settled_before_s"] = round(settled, 2)
         latency = summary["latency_ms"]
         log(
             f"  {system:<12} N={speakers:<4} p50={_ms(latency['p50'])} p99={_ms(latency['p99'])} "
             f"max={_ms(latency['max'])} loss={summary['loss']:.2%} "
             f"gen-lag-p99={_ms(summary['generator_lag_ms']['p99'])} "
-            f"loop-lag-p99={_ms(summary['loadgen_loop_lag_ms']['p99'])} {summary['verdict']}"
+            f"loop-lag-p99={_ms(summary['loadgen_loop_lag_ms']['p99'])} "
+            + (
+                f"store-writes/s={summary['store_writes_per_s']} "
+                if "store_writes_per_s" in summary
+                else ""
+            )
+            + f"{summary['verdict']}"
             + (f" errors={summary['error_count']}" if summary["error_count"] else "")
         )
         steps.append(summary)

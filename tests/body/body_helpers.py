@@ -11,9 +11,10 @@ from voxmesh.body.body_storage import (
     BodyIndex,
     BodyKey,
     BodyStorage,
-    ChunkTable,
+    LogWriter,
     StoredBatch,
     StoredBody,
+    decode_segment,
 )
 
 
@@ -53,8 +54,20 @@ class DelegatingStorage:
     async def load(self, key: BodyKey) -> StoredBody | None:
         return await self.inner.load(key)
 
-    async def read_batch(self, key: BodyKey, table: ChunkTable) -> bytes:
-        return await self.inner.read_batch(key, table)
+    async def read_batch(self, key: BodyKey, batch: StoredBatch) -> bytes:
+        return await self.inner.read_batch(key, batch)
+
+    async def write_segment(self, name: str, data: bytes) -> None:
+        await self.inner.write_segment(name, data)
+
+    async def list_segments(self, writer: LogWriter, from_seq: int) -> list[int]:
+        return await self.inner.list_segments(writer, from_seq)
+
+    async def read_segment(self, name: str) -> bytes:
+        return await self.inner.read_segment(name)
+
+    async def delete_segments(self, names: Sequence[str]) -> None:
+        await self.inner.delete_segments(names)
 
     async def compose(
         self, key: BodyKey, batches: Sequence[StoredBatch], content_type: str
@@ -74,32 +87,63 @@ class DelegatingStorage:
         return await self.inner.delete(key, reason)
 
 
+Written = tuple[str, str, int, int]  # (kind: "segment" | "part", message id, first, last)
+
+
 class GatedStorage(DelegatingStorage):
-    """Batch writes wait until the gate opens; ``writes`` counts those that got through."""
+    """Commit writes (segments and parts) wait until the gate opens; ``objects`` lists what
+    each write that got through held, ``writes`` the same flattened."""
 
     def __init__(self, inner: BodyStorage) -> None:
         super().__init__(inner)
         self.gate = asyncio.Event()
         self.waiting = asyncio.Event()
-        self.writes: list[tuple[int, int]] = []
+        self.objects: list[list[Written]] = []
+
+    @property
+    def writes(self) -> list[Written]:
+        return [w for obj in self.objects for w in obj]
+
+    def spans(self, message_id: str) -> list[tuple[int, int]]:
+        """(first, last) of each write that held chunks of ``message_id``, in order."""
+        return [(f, last) for _, m, f, last in self.writes if m == message_id]
 
     async def write_batch(self, key: BodyKey, batch: StoredBatch, data: bytes) -> None:
         self.waiting.set()
         await self.gate.wait()
         await self.inner.write_batch(key, batch, data)
-        self.writes.append((batch.table.first_index, batch.table.last_index))
+        table = batch.table
+        self.objects.append([("part", key.message_id, table.first_index, table.last_index)])
+
+    async def write_segment(self, name: str, data: bytes) -> None:
+        self.waiting.set()
+        await self.gate.wait()
+        await self.inner.write_segment(name, data)
+        self.objects.append(
+            [
+                ("segment", e.message_id, e.table.first_index, e.table.last_index)
+                for e, _ in decode_segment(data)
+            ]
+        )
 
 
 class FlakyStorage(DelegatingStorage):
-    """The first ``failures`` batch writes fail as a network error would."""
+    """The first ``failures`` commit writes (segments, parts) fail as a network error would."""
 
     def __init__(self, inner: BodyStorage, failures: int) -> None:
         super().__init__(inner)
         self.failures = failures
         self.attempts = 0
 
-    async def write_batch(self, key: BodyKey, batch: StoredBatch, data: bytes) -> None:
+    def _attempt(self) -> None:
         self.attempts += 1
         if self.attempts <= self.failures:
             raise ConnectionError("injected: connection reset")
+
+    async def write_batch(self, key: BodyKey, batch: StoredBatch, data: bytes) -> None:
+        self._attempt()
         await self.inner.write_batch(key, batch, data)
+
+    async def write_segment(self, name: str, data: bytes) -> None:
+        self._attempt()
+        await self.inner.write_segment(name, data)

@@ -29,7 +29,7 @@ from voxmesh.body.body_model import (
     ReadStat,
     StoredChunk,
 )
-from voxmesh.body.body_storage import BodyKey, BodyStorage, ChunkTable
+from voxmesh.body.body_storage import BodyKey, BodyStorage, StoredBatch
 from voxmesh.core.domain_errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -97,7 +97,7 @@ async def test_chunks_arriving_together_are_one_group_commit(
         await domain.append(T, M, OGG, [chunk], sink)
     while sink.outstanding:
         await asyncio.wait_for(sink.changed(), WAIT)
-    assert gated.writes == [(0, 11)]
+    assert gated.spans(M) == [(0, 11)]  # one commit (the message's first: a part)
     assert sink.take()[-1].chunk_count == 12
 
 
@@ -116,7 +116,7 @@ async def test_a_commit_is_cut_at_max_chunks_and_what_arrives_meanwhile_goes_nex
     gated.gate.set()
     while sink.outstanding:
         await asyncio.wait_for(sink.changed(), WAIT)
-    assert gated.writes == [(0, 3), (4, 7), (8, 9)]
+    assert gated.spans(M) == [(0, 3), (4, 7), (8, 9)]
 
 
 async def test_a_failed_write_is_retried_and_acked_once_stored(
@@ -162,13 +162,14 @@ async def test_a_body_waiting_for_a_write_slot_keeps_gathering_chunks(
     for chunk in waiting:
         await domain.append(T, "msg-b", OGG, [chunk], sink)
         await asyncio.sleep(0.01)  # separate frames, each past the (zero) window
-    assert gated.writes == []
+    assert gated.objects == []
     gated.gate.set()
     acked: dict[str, int] = {}
     while acked.get("msg-b") != 3 or acked.get("msg-a") != 1:
         await asyncio.wait_for(sink.changed(), WAIT)
         acked.update({ack.message_id: ack.chunk_count for ack in sink.take()})
-    assert sorted(gated.writes) == [(0, 0), (0, 2)]  # msg-b: one write of chunks 0..2
+    assert gated.spans("msg-a") == [(0, 0)]
+    assert gated.spans("msg-b") == [(0, 2)]  # one write of chunks 0..2
 
 
 # -- duplicates and refusals ---------------------------------------------------------------
@@ -372,9 +373,9 @@ class _CountingReads(DelegatingStorage):
         super().__init__(inner)
         self.batch_reads = 0
 
-    async def read_batch(self, key: BodyKey, table: ChunkTable) -> bytes:
+    async def read_batch(self, key: BodyKey, batch: StoredBatch) -> bytes:
         self.batch_reads += 1
-        return await self.inner.read_batch(key, table)
+        return await self.inner.read_batch(key, batch)
 
 
 def _lagging_count() -> float:

@@ -11,10 +11,14 @@ from voxmesh.body.body_storage import (
     BodyKey,
     BodyStorage,
     ChunkTable,
+    LogWriter,
+    SegmentEntry,
     StorageNotFound,
     StoredBatch,
     batch_chain,
     batch_name,
+    decode_segment,
+    encode_segment,
     parse_batch_name,
 )
 
@@ -50,7 +54,7 @@ async def test_batches_are_new_objects_with_their_chunk_table(storage: BodyStora
     assert [b.name for b in stored.batches] == [batch_name(0, 2), batch_name(3, 4)]
     assert [b.table for b in stored.batches] == [first.table, second.table]
     assert stored.batches[0].content_type == "audio/ogg"
-    assert await storage.read_batch(KEY, second.table) == _data(second)
+    assert await storage.read_batch(KEY, second) == _data(second)
 
 
 async def test_a_batch_is_never_overwritten(storage: BodyStorage) -> None:
@@ -59,7 +63,7 @@ async def test_a_batch_is_never_overwritten(storage: BodyStorage) -> None:
     await storage.write_batch(KEY, batch, _data(batch))  # a retry: same bytes, fine
     with pytest.raises(BatchConflict):
         await storage.write_batch(KEY, batch, b"x" * len(_data(batch)))
-    assert await storage.read_batch(KEY, batch.table) == _data(batch)
+    assert await storage.read_batch(KEY, batch) == _data(batch)
 
 
 async def test_compose_many_batches_into_the_media_file(storage: BodyStorage) -> None:
@@ -108,7 +112,7 @@ async def test_delete_leaves_only_a_tombstone(storage: BodyStorage) -> None:
     assert stored.deleted_reason == "RECALLED"
     assert stored.batches == [] and stored.index is None
     with pytest.raises(StorageNotFound):
-        await storage.read_batch(KEY, batch.table)
+        await storage.read_batch(KEY, batch)
     # Idempotent, and the first reason stays.
     assert await storage.delete(KEY, "DELETED") is False
     again = await storage.load(KEY)
@@ -145,3 +149,53 @@ def test_chain_takes_whole_batches_that_continue_each_other() -> None:
     chain = batch_chain([batch(0, 9), batch(0, 4), batch(5, 20), batch(30, 31)])
     assert [(b.table.first_index, b.table.last_index) for b in chain] == [(0, 4), (5, 20)]
     assert batch_chain([batch(1, 3)]) == []
+
+
+async def test_segments_are_create_only_listed_in_order_and_deleted(storage: BodyStorage) -> None:
+    writer = LogWriter.new("body-test")
+    other = LogWriter.new("body-test")  # the same node restarted: another epoch
+    entry = SegmentEntry("thread-1", "msg-1", "audio/ogg", ChunkTable(0, 0, [3, 2], [0, 20]))
+    data = encode_segment([(entry, [b"abc", b"de"])])
+    for seq in (2, 0, 1, 10):
+        await storage.write_segment(writer.segment(seq), data)
+    await storage.write_segment(other.segment(0), data)
+    await storage.write_segment(writer.segment(1), data)  # a retry: same bytes, fine
+    with pytest.raises(BatchConflict):
+        await storage.write_segment(writer.segment(1), data + b"x")
+    assert await storage.list_segments(writer, 0) == [0, 1, 2, 10]
+    assert await storage.list_segments(writer, 2) == [2, 10]
+    assert await storage.list_segments(other, 0) == [0]
+    [(decoded, payload)] = decode_segment(await storage.read_segment(writer.segment(10)))
+    assert decoded == entry and bytes(payload) == b"abcde"
+    await storage.delete_segments([writer.segment(0), writer.segment(2), writer.segment(99)])
+    assert await storage.list_segments(writer, 0) == [1, 10]
+    with pytest.raises(StorageNotFound):
+        await storage.read_segment(writer.segment(0))
+
+
+async def test_parts_keep_their_writer_and_log_position(storage: BodyStorage) -> None:
+    writer = LogWriter.new("body-test")
+    base = _batch(0, 3, 0)
+    part = StoredBatch(base.table, base.content_type, writer.name, 42)
+    await storage.write_batch(KEY, part, _data(part))
+    stored = await storage.load(KEY)
+    assert stored is not None
+    [loaded] = stored.batches
+    assert (loaded.writer, loaded.next_seq, loaded.table) == (writer.name, 42, part.table)
+    assert LogWriter.parse(loaded.writer) == writer
+    assert await storage.read_batch(KEY, loaded) == _data(part)
+
+
+def test_a_segment_names_every_message_in_it() -> None:
+    entries = [
+        (
+            SegmentEntry("t", f"m{n}", "audio/ogg", ChunkTable(n, n * 10, [n + 1], [n])),
+            [bytes([65 + n]) * (n + 1)],
+        )
+        for n in range(5)
+    ]
+    decoded = decode_segment(encode_segment(entries))
+    assert [e.message_id for e, _ in decoded] == [f"m{n}" for n in range(5)]
+    assert [bytes(p) for _, p in decoded] == [bytes([65 + n]) * (n + 1) for n in range(5)]
+    with pytest.raises(ValueError):
+        decode_segment(encode_segment(entries)[:-1])

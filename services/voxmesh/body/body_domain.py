@@ -1,48 +1,33 @@
-"""The body store's domain: appends with group commits, finishing, reads with a live tail,
-range reads, deletes and abandonment. Plain asyncio over a ``BodyStorage``; never imports grpc.
+"""The body store's domain: appends and durable acks, finishing, deletes and abandonment over
+a ``BodyStorage``. Plain asyncio; never imports grpc.
+
+Its state is split three ways: this class holds the bodies (live, finished, removed) and
+their acks; ``SegmentLog`` is the commit loop (write slots, the node's shared segment log,
+parts, segment clean-up); ``BodyReaders`` holds the readers (live-tail subscriptions, stored
+and range reads).
 
 Appends. A frame's chunks must be consecutive and continue the body: chunks already accepted
 are dropped when their bytes (and offset) match what is stored and refused when they differ;
 a gap, an oversize chunk or a body beyond ``max_message_bytes`` is INVALID_ARGUMENT (the
 request is wrong, retrying it cannot help); a body with more than ``max_pending_bytes`` waiting
 for storage is RESOURCE_EXHAUSTED (back off and resend). A frame is checked whole before any
-of it is taken, so a refused frame leaves no trace. Accepting a chunk never awaits storage.
-
-Group commits. Each live body has at most one batch write in flight. The first pending chunk
-opens a window of ``group_commit_ms`` (cut short at ``group_commit_max_chunks``); chunks that
-arrive while a write is in flight go in the next batch right after it. A batch is one new
-object; a failed write is retried with backoff for as long as the body is live, and chunks are
-acknowledged (ack sinks, waiters) only once their batch is durable.
+of it is taken, so a refused frame leaves no trace. Accepting a chunk never awaits storage;
+chunks are acknowledged (ack sinks, waiters) only once the commit holding them is durable.
 
 Recovery. A message this node does not hold in memory (restart, failover) is looked up in
-storage before anything else: its durable position is where its stored batches reach.
-
-Reads follow durable chunks: a reader sees a chunk once it is stored, never one that could
-still be lost (live listeners get chunks straight from the sender's router). A reader
-subscribes to the live tail first, then reads stored chunks up to the position at which it
-subscribed, then takes committed batches from its tail queue, so there is no gap and no
-duplicate at the switch. The writer never waits for a reader: a reader whose queue overflows
-drops back to reading from storage (recent chunks come from memory) and re-subscribes.
+storage before anything else: its parts, then the segments of the nodes that wrote them
+(``recover_tail``); its durable position is where those reach.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-
-import prometheus_client
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-)
 
 from voxmesh.body.body_model import (
     BodyState,
@@ -51,20 +36,17 @@ from voxmesh.body.body_model import (
     DurablePosition,
     EndTotals,
     RangeRead,
-    ReadChunks,
     ReadEnd,
     ReadEvent,
     ReadStat,
-    StoredChunk,
 )
+from voxmesh.body.body_reads import BodyReaders, ReadLimits
 from voxmesh.body.body_storage import (
-    BatchConflict,
     BodyIndex,
     BodyKey,
     BodyStorage,
     ChunkTable,
-    StorageNotFound,
-    StoredBatch,
+    LogWriter,
     batch_chain,
 )
 from voxmesh.body.live_body import (
@@ -73,7 +55,13 @@ from voxmesh.body.live_body import (
     KnownBody,
     LiveBody,
     RemovedBody,
-    TailSubscription,
+)
+from voxmesh.body.segment_log import (
+    OBJECT_WRITES,
+    LogLimits,
+    SegmentLog,
+    recover_tail,
+    with_retries,
 )
 from voxmesh.core.chunk_frames import BodyEdge, FrameLimits, check_chunk_frame
 from voxmesh.core.domain_errors import (
@@ -81,7 +69,6 @@ from voxmesh.core.domain_errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    OutOfRange,
     ResourceExhausted,
     Unavailable,
 )
@@ -93,35 +80,12 @@ _log = get_logger(__name__)
 
 T = TypeVar("T")
 
-# A batch's chunk table travels in object metadata (8 KiB on Cloud Storage): cap its chunks.
+# A commit's entry per message is capped (a part's chunk table lives in object metadata).
 MAX_BATCH_CHUNKS = 256
 # Finished and removed bodies remembered in memory (their chunk tables, tombstones).
 FINISHED_CACHE_SIZE = 2048
 REMOVED_CACHE_SIZE = 8192
 MAX_CONTENT_TYPE = 255
-# Storage calls other than batch writes: attempts before answering UNAVAILABLE.
-STORAGE_ATTEMPTS = 4
-
-BATCH_WRITES = prometheus_client.Counter(
-    "voxmesh_body_batches_written_total", "Chunk batches made durable (group commits)."
-)
-BATCH_CHUNKS = prometheus_client.Histogram(
-    "voxmesh_body_batch_chunks",
-    "Chunks per group commit.",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-)
-BATCH_SECONDS = prometheus_client.Histogram(
-    "voxmesh_body_batch_write_seconds",
-    "Time to make one batch durable, retries included.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
-)
-STORAGE_RETRIES = prometheus_client.Counter(
-    "voxmesh_body_storage_retries_total", "Storage calls retried after a failure."
-)
-LAGGING_READERS = prometheus_client.Counter(
-    "voxmesh_body_readers_lagging_total",
-    "Times a live reader fell behind and dropped back to stored chunks.",
-)
 
 
 @dataclass(frozen=True)
@@ -129,6 +93,8 @@ class BodyLimits:
     group_commit_s: float
     group_commit_max_chunks: int
     max_concurrent_writes: int
+    part_interval_s: float
+    part_max_bytes: int
     abandon_after_s: float
     read_batch_max_chunks: int
     max_chunk_bytes: int
@@ -144,6 +110,8 @@ class BodyLimits:
             group_commit_s=body.group_commit_ms / 1000,
             group_commit_max_chunks=min(body.group_commit_max_chunks, MAX_BATCH_CHUNKS),
             max_concurrent_writes=body.max_concurrent_writes,
+            part_interval_s=body.part_interval_s,
+            part_max_bytes=body.part_max_bytes,
             abandon_after_s=body.abandon_after_s,
             read_batch_max_chunks=body.read_batch_max_chunks,
             max_chunk_bytes=limits.max_chunk_bytes,
@@ -154,60 +122,74 @@ class BodyLimits:
         )
 
 
-def _retryable(exc: BaseException) -> bool:
-    return not isinstance(exc, BatchConflict | StorageNotFound | DomainError)
-
-
 def _word(state: BodyState) -> str:
     return state.value.lower()
 
 
 class BodyDomain:
-    def __init__(self, storage: BodyStorage, limits: BodyLimits) -> None:
+    def __init__(
+        self, storage: BodyStorage, limits: BodyLimits, writer: LogWriter | None = None
+    ) -> None:
         self.storage = storage
-        self.limits = limits
+        self.limits = limits  # replaced whole when dynamic settings change
         self._live: dict[str, LiveBody] = {}
         self._finished: OrderedDict[str, FinishedBody] = OrderedDict()
         self._removed: OrderedDict[str, RemovedBody] = OrderedDict()
         self._loading: dict[str, asyncio.Task[None]] = {}
-        self._readers: dict[str, set[TailSubscription]] = {}
         self._background: set[asyncio.Task[object]] = set()
         self._abandoner: asyncio.Task[None] | None = None
         self._closing = False
         # Called with what was kept once this node abandoned an idle body on its own: the
         # router that would have marked the header may be the process that died.
         self.on_abandoned: Callable[[BodyStatus], Awaitable[None]] | None = None
-        self._slots = asyncio.Semaphore(limits.max_concurrent_writes)
-        self._slots_size = limits.max_concurrent_writes
+        self.log = SegmentLog(
+            storage,
+            writer or LogWriter.new(socket.gethostname()),
+            self._log_limits,
+            self._made_durable,
+            self._commit_failed,
+        )
+        self.readers = BodyReaders(storage, self._read_limits)
+
+    def _log_limits(self) -> LogLimits:
+        limits = self.limits
+        return LogLimits(
+            limits.group_commit_s,
+            limits.group_commit_max_chunks,
+            limits.max_concurrent_writes,
+            limits.part_interval_s,
+            limits.part_max_bytes,
+        )
+
+    def _read_limits(self) -> ReadLimits:
+        return ReadLimits(self.limits.read_batch_max_chunks, self.limits.max_frame_bytes)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.storage.open()
+        self.log.start()
         self._abandoner = asyncio.get_running_loop().create_task(self._abandon_idle_bodies())
 
     async def close(self, grace_s: float = 5.0) -> None:
-        """Stop: let in-flight commits and finishes end (up to ``grace_s``), then close."""
+        """Stop: let pending commits, in-flight commits and finishes end (up to ``grace_s``)."""
         self._closing = True
         if self._abandoner is not None:
             self._abandoner.cancel()
-        for body in self._live.values():
-            body.flush_now.set()
-        pending: list[asyncio.Task[Any]] = [
-            b.commit_task for b in self._live.values() if b.commit_task is not None
-        ]
-        pending += list(self._background)
+        began = time.monotonic()
+        await self.log.close(grace_s)
+        pending: list[asyncio.Task[Any]] = list(self._background)
         if pending:
-            _, late = await asyncio.wait(pending, timeout=grace_s)
+            _, late = await asyncio.wait(
+                pending, timeout=max(grace_s - (time.monotonic() - began), 0.05)
+            )
             for task in late:
                 task.cancel()
-        for readers in self._readers.values():
-            for sub in readers:
-                sub.fail(Unavailable("the body node is shutting down; read again elsewhere"))
+        self.readers.fail_all(Unavailable("the body node is shutting down; read again elsewhere"))
         await self.storage.close()
 
     async def settle(self) -> None:
-        """Wait for the background work started so far (batch clean-ups, abandonments)."""
+        """Wait for the background work started so far (part clean-ups, abandonments)."""
         while self._background:
             await asyncio.wait(list(self._background))
 
@@ -271,23 +253,41 @@ class BodyDomain:
                 self._spawn(self._remove_batches(key))
         elif stored.batches:
             chain = batch_chain(stored.batches)
+            table = ChunkTable(0, 0)
+            for batch in chain:
+                table.extend(batch.table)
+            tail = await self._with_retries(
+                lambda: recover_tail(
+                    self.storage, key, stored.batches, table.end_index, table.end_offset
+                ),
+                f"recover {key.prefix}",
+            )
+            if self._known(key) is not None:
+                return
             body = LiveBody(
                 key=key,
                 content_type=stored.batches[0].content_type,
                 last_activity=time.monotonic(),
             )
-            for batch in chain:
-                body.table.extend(batch.table)
+            body.table = table
+            for chunk in tail.chunks:
+                body.table.append(len(chunk.payload), chunk.media_time_ms)
+            body.batches = chain
+            body.tail = list(tail.chunks)
+            body.tail_bytes = sum(len(c.payload) for c in tail.chunks)
+            body.tail_since = time.monotonic()
             body.durable_count = body.table.count
             body.durable_size = body.table.end_offset
-            body.batches = chain
             self._live[key.message_id] = body
             _log.info(
                 "live body recovered from storage",
                 message_id=key.message_id,
                 durable_chunks=body.durable_count,
-                batches=len(chain),
-                unused_batches=len(stored.batches) - len(chain),
+                parts=len(chain),
+                unused_parts=len(stored.batches) - len(chain),
+                chunks_from_segments=len(tail.chunks),
+                segments_read=tail.segments_read,
+                recovery_ms=round(tail.seconds * 1000, 1),
             )
 
     def _remember_finished(self, finished: FinishedBody) -> None:
@@ -303,32 +303,7 @@ class BodyDomain:
             self._removed.popitem(last=False)
 
     async def _with_retries(self, call: Callable[[], Awaitable[T]], what: str) -> T:
-        try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(_retryable),
-                stop=stop_after_attempt(STORAGE_ATTEMPTS),
-                wait=wait_exponential(multiplier=0.05, max=1.0),
-                before_sleep=self._log_retry(what),
-                reraise=True,
-            ):
-                with attempt:
-                    return await call()
-        except (DomainError, StorageNotFound, BatchConflict):
-            raise
-        except Exception as exc:
-            raise Unavailable(f"body storage ({self.storage.description}): {what}: {exc}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    @staticmethod
-    def _log_retry(what: str) -> Callable[[RetryCallState], None]:
-        def log(state: RetryCallState) -> None:
-            STORAGE_RETRIES.inc()
-            error = state.outcome.exception() if state.outcome is not None else None
-            _log.warning(
-                "body storage retry", what=what, attempt=state.attempt_number, error=str(error)
-            )
-
-        return log
+        return await with_retries(self.storage, call, what)
 
     # -- appends -----------------------------------------------------------------------------
 
@@ -421,7 +396,7 @@ class BodyDomain:
         if not needed:
             return {}
         verified: dict[int, bytes] = {}
-        async for frame in self._chunks_of(body, min(needed), max(needed) + 1):
+        async for frame in self.readers.chunks_of(body, min(needed), max(needed) + 1):
             for chunk in frame:
                 verified[chunk.index] = chunk.payload
         return verified
@@ -456,122 +431,18 @@ class BodyDomain:
                 f"body of {message_id} has {body.pending_bytes} bytes waiting for storage; "
                 f"resend later"
             )
+        if not body.pending:
+            body.pending_since = time.monotonic()
         for chunk in chunks[max(new_from, 0) :]:
             table.append(len(chunk.payload), chunk.media_time_ms)
             body.pending.append(chunk)
         body.pending_bytes += new_bytes
-        self._schedule_commit(body)
+        self.log.submit(body)
 
-    # -- group commits -----------------------------------------------------------------------
+    # -- commits (the segment log calls these) -----------------------------------------------
 
-    def _write_slots(self) -> asyncio.Semaphore:
-        """Batch writes allowed at once on this node (a new size applies to new writes)."""
-        if self.limits.max_concurrent_writes != self._slots_size:
-            self._slots = asyncio.Semaphore(self.limits.max_concurrent_writes)
-            self._slots_size = self.limits.max_concurrent_writes
-        return self._slots
-
-    def _schedule_commit(self, body: LiveBody) -> None:
-        if body.commit_task is None:
-            body.pending_since = time.monotonic()
-            body.flush_now.clear()
-            body.commit_task = asyncio.get_running_loop().create_task(self._commit(body))
-        elif len(body.pending) >= self.limits.group_commit_max_chunks:
-            body.flush_now.set()
-
-    async def _commit(self, body: LiveBody) -> None:
-        limits = self.limits
-        try:
-            while body.pending and not body.state.removed and not body.evicted:
-                wait = body.pending_since + limits.group_commit_s - time.monotonic()
-                if (
-                    wait > 0
-                    and len(body.pending) < limits.group_commit_max_chunks
-                    and body.finishing is None
-                    and not self._closing
-                ):
-                    try:
-                        async with asyncio.timeout(wait):
-                            await body.flush_now.wait()
-                    except TimeoutError:
-                        pass
-                if body.state.removed:
-                    return
-                # The batch is cut only once a write slot is free: under load, chunks keep
-                # joining it while it waits, so the node makes fewer, larger writes instead
-                # of queueing one small write per chunk (adaptive group commit).
-                slots = self._write_slots()
-                await slots.acquire()
-                try:
-                    if body.state.removed or not body.pending:
-                        return
-                    body.flush_now.clear()
-                    count = min(len(body.pending), limits.group_commit_max_chunks)
-                    batch = body.pending[:count]
-                    del body.pending[:count]
-                    body.inflight = batch
-                    data = b"".join([chunk.payload for chunk in batch])
-                    first = batch[0].index
-                    table = ChunkTable(
-                        first,
-                        body.table.offset_of(first),
-                        body.table.lengths[first : first + count],
-                        body.table.media_times[first : first + count],
-                    )
-                    stored = StoredBatch(table, body.content_type)
-                    started = time.perf_counter()
-                    await self._write_batch(body, stored, data)
-                finally:
-                    slots.release()
-                BATCH_SECONDS.observe(time.perf_counter() - started)
-                BATCH_WRITES.inc()
-                BATCH_CHUNKS.observe(count)
-                body.inflight = []
-                self._made_durable(body, stored, batch, len(data))
-                # Whatever arrived during the write has waited long enough: it goes next.
-                body.pending_since = time.monotonic() - limits.group_commit_s
-        except Exception as exc:
-            if body.state.removed or self._closing:
-                return
-            _log.error(
-                "batch write failed for good",
-                message_id=body.key.message_id,
-                error=str(exc),
-                exc_info=not isinstance(exc, BatchConflict),
-            )
-            self._evict(
-                body,
-                Unavailable(
-                    f"body of message {body.key.message_id} could not be stored ({exc}); resend"
-                ),
-            )
-        finally:
-            body.commit_task = None
-
-    async def _write_batch(self, body: LiveBody, stored: StoredBatch, data: bytes) -> None:
-        def give_up(_: RetryCallState) -> bool:
-            return body.state.removed or self._closing
-
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(_retryable),
-            stop=give_up,
-            wait=wait_exponential(multiplier=0.02, max=2.0),
-            before_sleep=self._log_retry(f"write {body.key.prefix}{stored.name}"),
-            reraise=True,
-        ):
-            with attempt:
-                await self.storage.write_batch(body.key, stored, data)
-
-    def _made_durable(
-        self, body: LiveBody, stored: StoredBatch, batch: list[ChunkLike], size: int
-    ) -> None:
-        body.durable_count = stored.table.end_index
-        body.durable_size = stored.table.end_offset
-        body.pending_bytes -= size
-        body.batches.append(stored)
-        body.remember(batch, size)
-        for sub in self._readers.get(body.key.message_id, ()):
-            sub.publish(batch, size)
+    def _made_durable(self, body: LiveBody, chunks: list[ChunkLike]) -> None:
+        self.readers.publish(body.key.message_id, chunks)
         position = body.position()
         if body.waiters:
             still: list[tuple[int, asyncio.Future[DurablePosition]]] = []
@@ -589,9 +460,18 @@ class BodyDomain:
                 body.sinks.discard(sink)
                 sink.bodies.discard(body)
 
+    def _commit_failed(self, body: LiveBody, error: Exception) -> None:
+        self._evict(
+            body,
+            Unavailable(
+                f"body of message {body.key.message_id} could not be stored ({error}); resend"
+            ),
+        )
+
     def _evict(self, body: LiveBody, error: DomainError) -> None:
         """Drop a live body whose state can no longer be trusted; the next use reloads it."""
         body.evicted = True
+        self.log.forget(body)
         if self._live.get(body.key.message_id) is body:
             del self._live[body.key.message_id]
         for _, waiter in body.waiters:
@@ -601,8 +481,7 @@ class BodyDomain:
         for sink in list(body.sinks):
             sink.fail(error)
         body.sinks.clear()
-        for sub in self._readers.get(body.key.message_id, ()):
-            sub.fail(error)
+        self.readers.fail(body.key.message_id, error)
 
     # -- finishing ---------------------------------------------------------------------------
 
@@ -674,9 +553,7 @@ class BodyDomain:
     ) -> BodyStatus:
         key = body.key
         try:
-            body.flush_now.set()
-            while body.commit_task is not None:
-                await asyncio.wait([body.commit_task])
+            await self.log.seal(body)  # every chunk durable, and in parts
             self._check_still_there(body)
             if body.durable_count < body.table.count:
                 raise Unavailable(f"chunks of {key.message_id} are not stored yet; retry")
@@ -691,10 +568,12 @@ class BodyDomain:
                 lambda: self.storage.compose(key, body.batches, body.content_type),
                 f"compose {key.prefix}",
             )
+            OBJECT_WRITES.labels("body").inc()
             self._check_still_there(body)
             await self._with_retries(
                 lambda: self.storage.write_index(key, index), f"write index {key.prefix}"
             )
+            OBJECT_WRITES.labels("index").inc()
             self._check_still_there(body)
             # Committed: the index is the finish's commit point.
             body.final = index
@@ -703,11 +582,11 @@ class BodyDomain:
             body.finishing = None
         if self._live.get(key.message_id) is body:
             del self._live[key.message_id]
+        self.log.release(body)
         finished = FinishedBody(key, index)
         self._remember_finished(finished)
         end = ReadEnd(state, index.table.count, index.table.size, index.duration_ms)
-        for sub in self._readers.get(key.message_id, ()):
-            sub.end(end)
+        self.readers.end(key.message_id, end)
         for sink in list(body.sinks):
             sink.forget(body)
         body.sinks.clear()
@@ -749,6 +628,7 @@ class BodyDomain:
             lambda: self.storage.write_index(finished.key, upgraded),
             f"write index {finished.key.prefix}",
         )
+        OBJECT_WRITES.labels("index").inc()
         completed = FinishedBody(finished.key, upgraded)
         if self._known(finished.key) is finished:
             self._remember_finished(completed)
@@ -757,10 +637,10 @@ class BodyDomain:
     async def _remove_batches(self, key: BodyKey) -> None:
         try:
             await self._with_retries(
-                lambda: self.storage.remove_batches(key), f"remove batches {key.prefix}"
+                lambda: self.storage.remove_batches(key), f"remove parts {key.prefix}"
             )
         except DomainError as exc:  # left for the next load of the body to retry
-            _log.warning("batches not removed", message_id=key.message_id, error=str(exc))
+            _log.warning("parts not removed", message_id=key.message_id, error=str(exc))
 
     async def _abandon_idle_bodies(self) -> None:
         while True:
@@ -813,23 +693,27 @@ class BodyDomain:
             for sink in list(body.sinks):
                 sink.forget(body)
             body.sinks.clear()
-            body.flush_now.set()
+            body.commit_done.set()  # a finish waiting for its commits looks again
         self._finished.pop(message_id, None)
         self._remember_removed(RemovedBody(key, reason))
-        readers = list(self._readers.get(message_id, ()))
-        end = ReadEnd(reason, 0, 0, None)
-        for sub in readers:
-            sub.cut(end)
+        readers = self.readers.cut(message_id, ReadEnd(reason, 0, 0, None))
         if isinstance(known, LiveBody):
-            # Let an in-flight batch write or finish settle, so nothing lands after the delete.
-            busy = [t for t in (known.commit_task, known.finishing) if t is not None]
-            if busy:
-                await asyncio.wait(busy, timeout=30)
+            # Let an in-flight commit or finish settle, so nothing lands after the delete.
+            try:
+                async with asyncio.timeout(30):
+                    await self.log.settle(known)
+                    if known.finishing is not None:
+                        await asyncio.wait([known.finishing])
+            except TimeoutError:
+                pass
         existed = await self._with_retries(
             lambda: self.storage.delete(key, reason.value), f"delete {key.prefix}"
         )
-        _log.info("body removed", message_id=message_id, reason=reason.value, readers=len(readers))
-        return existed or had_live, len(readers)
+        OBJECT_WRITES.labels("tombstone").inc()
+        if isinstance(known, LiveBody):
+            self.log.release(known)  # its segment entries are no longer needed
+        _log.info("body removed", message_id=message_id, reason=reason.value, readers=readers)
+        return existed or had_live, readers
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -854,21 +738,7 @@ class BodyDomain:
             raise FailedPrecondition(
                 f"body of message {message_id} is still live: read it with ReadChunks"
             )
-        table = known.index.table
-        total = table.size
-        if offset >= total:
-            raise OutOfRange(
-                f"offset {offset} is past the end of the body of {message_id} ({total} bytes)"
-            )
-        cap = self.limits.max_frame_bytes
-        length = min(length or cap, cap, total - offset)
-        try:
-            data = await self._with_retries(
-                lambda: self.storage.read_body(key, offset, length), f"read {key.prefix}"
-            )
-        except StorageNotFound:
-            raise NotFound(f"body of message {message_id} is gone") from None
-        return RangeRead(known.index.content_type, offset, data, total)
+        return await self.readers.read_range(known, offset, length)
 
     async def read(
         self,
@@ -888,219 +758,7 @@ class BodyDomain:
             yield ReadStat(known.status())
             yield ReadEnd(known.state, 0, 0, None)
             return
-        sub = TailSubscription()
-        readers = self._readers.setdefault(message_id, set())
-        readers.add(sub)  # before reading any position: commits from now on reach `sub`
-        try:
-            if isinstance(known, FinishedBody):
-                events = self._read_finished(known, sub, from_index, from_live_edge)
-            else:
-                events = self._read_live(known, sub, from_index, from_live_edge, stored_only)
-            async for event in events:
-                yield event
-        finally:
-            readers.discard(sub)
-            if not readers and self._readers.get(message_id) is readers:
-                del self._readers[message_id]
-
-    async def _read_finished(
-        self, body: FinishedBody, sub: TailSubscription, from_index: int, from_live_edge: bool
-    ) -> AsyncIterator[ReadEvent]:
-        table = body.index.table
-        count = table.count
-        start = count if from_live_edge else from_index
-        if start > count:
-            raise OutOfRange(
-                f"chunk {start} is past the end of the body of {body.key.message_id} "
-                f"({count} chunks)"
-            )
-        yield ReadStat(body.status())
-        async for event in self._stored(body, sub, start, count):
+        async for event in self.readers.read(
+            known, from_index=from_index, from_live_edge=from_live_edge, stored_only=stored_only
+        ):
             yield event
-            if isinstance(event, ReadEnd):
-                return
-        yield ReadEnd(BodyState(body.index.state), count, table.size, body.index.duration_ms)
-
-    async def _read_live(
-        self,
-        body: LiveBody,
-        sub: TailSubscription,
-        from_index: int,
-        from_live_edge: bool,
-        stored_only: bool,
-    ) -> AsyncIterator[ReadEvent]:
-        tail_start = body.durable_count  # the tail hands `sub` every chunk from here on
-        status = body.status()
-        want = max(tail_start - 1, 0) if from_live_edge else from_index
-        yield ReadStat(status)
-        if stored_only:
-            async for event in self._stored(body, sub, want, tail_start):
-                yield event
-                if isinstance(event, ReadEnd):
-                    return
-            yield ReadEnd(BodyState.LIVE, status.chunk_count, status.size_bytes, None)
-            return
-        limits = self.limits
-        caught_up = tail_start
-        while True:
-            if want < caught_up:  # stored chunks first, at full speed
-                async for event in self._stored(body, sub, want, caught_up):
-                    yield event
-                    if isinstance(event, ReadEnd):
-                        return
-                want = caught_up
-            if sub.error is not None:
-                raise sub.error
-            if sub.cut_off is not None:
-                yield sub.cut_off
-                return
-            if sub.queue:
-                frame = self._live_frame(sub, want, limits)
-                if frame:
-                    want = frame[-1].index + 1
-                    yield ReadChunks(frame, live=True)
-                continue
-            if sub.lagging:  # dropped by the tail: catch up from storage, then follow again
-                LAGGING_READERS.inc()
-                sub.lagging = False
-                caught_up = body.durable_count
-                continue
-            if sub.ended is not None:
-                yield sub.ended
-                return
-            sub.wake.clear()
-            await sub.wake.wait()
-
-    def _live_frame(self, sub: TailSubscription, want: int, limits: BodyLimits) -> list[ChunkLike]:
-        frame: list[ChunkLike] = []
-        size = 0
-        while sub.queue and len(frame) < limits.read_batch_max_chunks:
-            batch = sub.take()
-            for position, chunk in enumerate(batch):
-                if chunk.index < want:
-                    continue
-                length = len(chunk.payload)
-                if len(frame) >= limits.read_batch_max_chunks or (
-                    frame and size + length > limits.max_frame_bytes
-                ):
-                    rest = batch[position:]
-                    sub.queue.appendleft(rest)
-                    sub.queued_bytes += sum(len(c.payload) for c in rest)
-                    return frame
-                frame.append(chunk)
-                size += length
-        return frame
-
-    async def _stored(
-        self, body: LiveBody | FinishedBody, sub: TailSubscription, start: int, stop: int
-    ) -> AsyncIterator[ReadChunks | ReadEnd]:
-        """Stored chunks [start, stop) as frames; a recall or delete meanwhile ends the read."""
-        try:
-            async for frame in self._chunks_of(body, start, stop):
-                if sub.cut_off is not None:
-                    yield sub.cut_off
-                    return
-                yield ReadChunks(frame, live=False)
-        except (StorageNotFound, Unavailable):
-            if sub.cut_off is not None:
-                yield sub.cut_off
-                return
-            raise
-
-    async def _chunks_of(
-        self, body: LiveBody | FinishedBody, start: int, stop: int
-    ) -> AsyncIterator[list[ChunkLike]]:
-        while start < stop:
-            if isinstance(body, LiveBody) and body.final is not None:
-                body = FinishedBody(body.key, body.final)  # finished meanwhile: batches go
-            if isinstance(body, FinishedBody):
-                frame = await self._finished_frame(body, start, stop)
-            else:
-                frame = await self._live_stored_frame(body, start, stop)
-            if not frame:  # nothing stored there (yet): never loop on it
-                return
-            yield frame
-            start += len(frame)
-
-    def _frame_end(self, table: ChunkTable, start: int, stop: int) -> int:
-        """One past the last chunk of a frame from ``start``: within the chunk and byte caps."""
-        limits = self.limits
-        end = min(stop, start + limits.read_batch_max_chunks)
-        lengths, first = table.lengths, table.first_index
-        size = 0
-        for index in range(start, end):
-            size += lengths[index - first]
-            if size > limits.max_frame_bytes and index > start:
-                return index
-        return end
-
-    async def _finished_frame(self, body: FinishedBody, start: int, stop: int) -> list[ChunkLike]:
-        table = body.index.table
-        end = self._frame_end(table, start, stop)
-        begin_offset = table.offset_of(start)
-        data = await self._with_retries(
-            lambda: self.storage.read_body(
-                body.key, begin_offset, table.offset_of(end) - begin_offset
-            ),
-            f"read {body.key.prefix}",
-        )
-        return self._split(table, start, end, data, begin_offset)
-
-    @staticmethod
-    def _split(
-        table: ChunkTable, start: int, end: int, data: bytes, data_offset: int
-    ) -> list[ChunkLike]:
-        chunks: list[ChunkLike] = []
-        for index in range(start, end):
-            position = index - table.first_index
-            offset = table.offsets[position]
-            begin = offset - data_offset
-            chunks.append(
-                StoredChunk(
-                    index,
-                    offset,
-                    table.media_times[position],
-                    data[begin : begin + table.lengths[position]],
-                )
-            )
-        return chunks
-
-    async def _live_stored_frame(self, body: LiveBody, start: int, stop: int) -> list[ChunkLike]:
-        stop = min(stop, body.durable_count)
-        end = self._frame_end(body.table, start, stop)
-        if body.recent and start >= body.recent_first:
-            frame: list[ChunkLike] = []
-            for index in range(start, end):
-                chunk = body.recent_chunk(index)
-                assert chunk is not None
-                frame.append(chunk)
-            return frame
-        if body.recent:
-            end = min(end, body.recent_first)
-        batches = body.batches
-        position = bisect.bisect_right(batches, start, key=lambda b: b.table.first_index) - 1
-        needed: list[StoredBatch] = []
-        while position < len(batches) and batches[position].table.first_index < end:
-            needed.append(batches[position])
-            position += 1
-
-        async def read_one(batch: StoredBatch) -> bytes:
-            return await self._with_retries(
-                lambda: self.storage.read_batch(body.key, batch.table),
-                f"read {body.key.prefix}{batch.name}",
-            )
-
-        try:
-            payloads = await asyncio.gather(*(read_one(batch) for batch in needed))
-        except StorageNotFound:
-            if body.final is not None:  # finished meanwhile, and its batches removed
-                return await self._finished_frame(FinishedBody(body.key, body.final), start, stop)
-            raise Unavailable(
-                f"a stored batch of message {body.key.message_id} is missing; read again"
-            ) from None
-        frame = []
-        for batch, payload in zip(needed, payloads, strict=True):
-            table = batch.table
-            lo, hi = max(start, table.first_index), min(end, table.end_index)
-            frame.extend(self._split(table, lo, hi, payload, table.first_offset))
-        return frame

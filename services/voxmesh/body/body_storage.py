@@ -1,13 +1,24 @@
 """Where bodies are kept: the storage port of the body store, its layout and its records.
 
+The shared log of a body node: ``segments/<node>/<epoch>/<seq:012d>``. One create-only object
+per commit window holds the chunks of every live message the node took in that window (a small
+header lists which message's chunks sit where, then the payloads). ``<epoch>`` is new each
+time the process starts, so a restarted node never reuses a name. A segment is deleted once
+every message in it is covered by a part or final; a bucket lifecycle rule on ``segments/``
+is the backstop for nodes that died.
+
 Layout under one body's prefix ``bodies/<thread>/<message>/`` (Cloud Storage object names, or
 paths under the files root for the embedded adapter):
 
-- ``batches/<first:010d>-<last:010d>``: one group commit of a live message, created once and
-  never overwritten (``if_generation_match=0`` / a no-clobber link). Its bytes are the raw
-  concatenated payloads of chunks ``first..last``; its chunk table (offset, media time and
-  length per chunk) travels with it (custom metadata / a small header in front of the bytes).
-- ``body``: written when the message is finished: the batches composed in order, byte for
+- ``batches/<first:010d>-<last:010d>_<node>~<epoch>``: a *part* of a live message: chunks
+  ``first..last`` written by one node from memory (its first commit of the message, then
+  every ``part_interval_s`` / ``part_max_bytes``, and the last one when it finishes), created
+  once and never overwritten (``if_generation_match=0`` / a no-clobber link). Its bytes are the
+  raw concatenated payloads; its chunk table (offset, media time and length per chunk) and the
+  first segment that may hold the message's later chunks travel with it (custom metadata / a
+  small header in front of the bytes). A node taking a message over finds its durable chunks
+  in the parts, then in the segments of each part's writer from that segment on.
+- ``body``: written when the message is finished: the parts composed in order, byte for
   byte the media file. Range reads go here.
 - ``index``: the finished body's chunk table, state, content type and duration. Written after
   ``body``: its presence is the commit point of a finish. Batches are deleted after it.
@@ -22,12 +33,16 @@ the same name but other contents exists; any other exception is a (retryable) st
 from __future__ import annotations
 
 import json
+import secrets
+import struct
+import time
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 BODIES_PREFIX = "bodies"
+SEGMENTS_PREFIX = "segments"
 BATCHES = "batches"
 BODY_OBJECT = "body"
 INDEX_OBJECT = "index"
@@ -57,17 +72,68 @@ class BodyKey:
         return f"{BODIES_PREFIX}/{self.thread_id}/{self.message_id}/"
 
 
-def batch_name(first_index: int, last_index: int) -> str:
-    return f"{BATCHES}/{first_index:010d}-{last_index:010d}"
+def batch_name(first_index: int, last_index: int, writer: str = "") -> str:
+    suffix = f"_{writer}" if writer else ""
+    return f"{BATCHES}/{first_index:010d}-{last_index:010d}{suffix}"
 
 
 def parse_batch_name(name: str) -> tuple[int, int] | None:
-    """``(first, last)`` of a ``<first>-<last>`` batch name (without the ``batches/`` part)."""
-    first, sep, last = name.partition("-")
+    """``(first, last)`` of a ``<first>-<last>[_<writer>]`` batch name (without ``batches/``)."""
+    span, _, _ = name.partition("_")
+    first, sep, last = span.partition("-")
     if not sep or not first.isdigit() or not last.isdigit():
         return None
     first_index, last_index = int(first), int(last)
     return (first_index, last_index) if last_index >= first_index else None
+
+
+_NAME_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
+
+
+@dataclass(frozen=True, slots=True)
+class LogWriter:
+    """One body node process's log: ``segments/<node>/<epoch>/``."""
+
+    node: str
+    epoch: str
+
+    def __post_init__(self) -> None:
+        for part in (self.node, self.epoch):
+            if not part or not set(part) <= _NAME_SAFE:
+                raise ValueError(f"log writer names use [A-Za-z0-9.-] only: {part!r}")
+
+    @classmethod
+    def new(cls, node: str) -> LogWriter:
+        """A fresh epoch for ``node`` (any characters outside [A-Za-z0-9.-] become '-')."""
+        safe = "".join(c if c in _NAME_SAFE else "-" for c in node) or "body"
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        return cls(safe, f"{stamp}-{secrets.token_hex(4)}")
+
+    @property
+    def name(self) -> str:
+        """How parts name their writer: ``<node>~<epoch>``."""
+        return f"{self.node}~{self.epoch}"
+
+    @classmethod
+    def parse(cls, name: str) -> LogWriter | None:
+        node, sep, epoch = name.partition("~")
+        try:
+            return cls(node, epoch) if sep else None
+        except ValueError:
+            return None
+
+    @property
+    def prefix(self) -> str:
+        return f"{SEGMENTS_PREFIX}/{self.node}/{self.epoch}/"
+
+    def segment(self, seq: int) -> str:
+        return f"{self.prefix}{seq:012d}"
+
+
+def parse_segment_seq(name: str) -> int | None:
+    """The sequence number of a segment object name's last component."""
+    last = name.rsplit("/", 1)[-1]
+    return int(last) if last.isdigit() else None
 
 
 class ChunkTable:
@@ -136,26 +202,36 @@ class ChunkTable:
         for length, media in zip(other.lengths, other.media_times, strict=True):
             self.append(length, media)
 
+    def slice(self, start: int, end: int) -> ChunkTable:
+        """The table of chunks ``start..end-1`` (within this one)."""
+        lo, hi = start - self.first_index, end - self.first_index
+        return ChunkTable(
+            start, self.offset_of(start), self.lengths[lo:hi], self.media_times[lo:hi]
+        )
+
     def offset_of(self, index: int) -> int:
         """Byte offset of chunk ``index`` (``end_index`` gives the end offset)."""
         if index == self.end_index:
             return self.end_offset
         return self.offsets[index - self.first_index]
 
-    def encode(self) -> str:
+    def as_dict(self) -> dict[str, object]:
         deltas: list[int] = []
         previous = 0
         for media in self.media_times:
             deltas.append(media - previous)
             previous = media
-        return json.dumps(
-            {"i": self.first_index, "o": self.first_offset, "n": list(self.lengths), "t": deltas},
-            separators=(",", ":"),
-        )
+        return {"i": self.first_index, "o": self.first_offset, "n": list(self.lengths), "t": deltas}
+
+    def encode(self) -> str:
+        return json.dumps(self.as_dict(), separators=(",", ":"))
 
     @classmethod
     def decode(cls, text: str) -> ChunkTable:
-        raw = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ChunkTable:
         media: list[int] = []
         running = 0
         for delta in raw["t"]:
@@ -182,14 +258,83 @@ class ChunkTable:
 
 @dataclass(frozen=True, slots=True)
 class StoredBatch:
-    """One group commit as stored: its chunk table and the body's content type."""
+    """One part as stored: its chunk table, the body's content type, and which node's log
+    (``LogWriter.name``) may hold the message's next chunks from segment ``next_seq`` on."""
 
     table: ChunkTable
     content_type: str
+    writer: str = ""
+    next_seq: int = 0
 
     @property
     def name(self) -> str:
-        return batch_name(self.table.first_index, self.table.last_index)
+        return batch_name(self.table.first_index, self.table.last_index, self.writer)
+
+    def log_position(self) -> str:
+        return f"{self.writer}/{self.next_seq}" if self.writer else ""
+
+    @staticmethod
+    def parse_log_position(text: str) -> tuple[str, int]:
+        writer, _, seq = text.partition("/")
+        return (writer, int(seq)) if seq.isdigit() else ("", 0)
+
+
+# -- segments -------------------------------------------------------------------------------
+
+SEGMENT_MAGIC = b"VXS1"
+_SEGMENT_HEADER = struct.Struct(">4sI")  # magic, JSON index length
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentEntry:
+    """One message's chunks in a segment: ``table`` says which, the payloads follow in order."""
+
+    thread_id: str
+    message_id: str
+    content_type: str
+    table: ChunkTable
+
+
+def encode_segment(entries: Sequence[tuple[SegmentEntry, Sequence[bytes]]]) -> bytes:
+    """A segment: magic, index length, the JSON index, then every entry's payloads in order."""
+    index = [
+        {
+            "t": entry.thread_id,
+            "m": entry.message_id,
+            "c": entry.content_type,
+            "k": entry.table.as_dict(),
+        }
+        for entry, _ in entries
+    ]
+    header = json.dumps({"v": 1, "e": index}, separators=(",", ":")).encode()
+    parts = [_SEGMENT_HEADER.pack(SEGMENT_MAGIC, len(header)), header]
+    for _, payloads in entries:
+        parts.extend(payloads)
+    return b"".join(parts)
+
+
+def decode_segment(data: bytes) -> list[tuple[SegmentEntry, memoryview]]:
+    """The entries of a segment with each one's payload bytes (raises ValueError if corrupt)."""
+    if len(data) < _SEGMENT_HEADER.size:
+        raise ValueError("segment too short")
+    magic, length = _SEGMENT_HEADER.unpack_from(data)
+    if magic != SEGMENT_MAGIC:
+        raise ValueError("not a voxmesh segment")
+    start = _SEGMENT_HEADER.size
+    raw = json.loads(bytes(data[start : start + length]))
+    if raw.get("v") != 1:
+        raise ValueError("unknown segment version")
+    view = memoryview(data)
+    position = start + length
+    found: list[tuple[SegmentEntry, memoryview]] = []
+    for item in raw["e"]:
+        table = ChunkTable.from_dict(item["k"])
+        entry = SegmentEntry(str(item["t"]), str(item["m"]), str(item["c"]), table)
+        found.append((entry, view[position : position + table.size]))
+        position += table.size
+    if position != len(data):
+        raise ValueError("segment payloads do not match its index")
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +353,7 @@ class BodyIndex:
                 "state": self.state,
                 "content_type": self.content_type,
                 "duration_ms": self.duration_ms,
-                "chunks": json.loads(self.table.encode()),
+                "chunks": self.table.as_dict(),
             },
             separators=(",", ":"),
         ).encode()
@@ -223,7 +368,7 @@ class BodyIndex:
             state=raw["state"],
             content_type=str(raw.get("content_type", "")),
             duration_ms=None if duration is None else int(duration),
-            table=ChunkTable.decode(json.dumps(raw["chunks"])),
+            table=ChunkTable.from_dict(raw["chunks"]),
         )
 
 
@@ -280,14 +425,26 @@ class BodyStorage(Protocol):
     async def close(self) -> None: ...
 
     async def write_batch(self, key: BodyKey, batch: StoredBatch, data: bytes) -> None:
-        """Create the batch object, never overwriting one. An existing object with the same
+        """Create the part object, never overwriting one. An existing object with the same
         bytes and table counts as written (a retry); other contents raise BatchConflict."""
+
+    async def write_segment(self, name: str, data: bytes) -> None:
+        """Create a segment of the shared log, never overwriting one (same bytes: a retry)."""
+
+    async def list_segments(self, writer: LogWriter, from_seq: int) -> list[int]:
+        """Sequence numbers of ``writer``'s segments from ``from_seq`` on, ascending."""
+
+    async def read_segment(self, name: str) -> bytes:
+        """A whole segment (StorageNotFound once deleted)."""
+
+    async def delete_segments(self, names: Sequence[str]) -> None:
+        """Delete segments (missing ones are fine)."""
 
     async def load(self, key: BodyKey) -> StoredBody | None:
         """What is stored for the body, or None if nothing is."""
 
-    async def read_batch(self, key: BodyKey, table: ChunkTable) -> bytes:
-        """The payload bytes of the batch covering exactly ``table``'s chunks."""
+    async def read_batch(self, key: BodyKey, batch: StoredBatch) -> bytes:
+        """The payload bytes of a part."""
 
     async def compose(
         self, key: BodyKey, batches: Sequence[StoredBatch], content_type: str
@@ -301,7 +458,7 @@ class BodyStorage(Protocol):
         """``length`` bytes of ``body`` from ``offset`` (fewer at its end)."""
 
     async def remove_batches(self, key: BodyKey) -> int:
-        """Delete every batch and compose scratch object of a finished body; returns how many."""
+        """Delete every part and compose scratch object of a finished body; returns how many."""
 
     async def delete(self, key: BodyKey, reason: str) -> bool:
         """Tombstone the body with ``reason``, then delete everything else under its prefix.

@@ -1,7 +1,9 @@
 """Bodies as local files (the embedded store), with the same layout as Cloud Storage.
 
-``<root>/bodies/<thread>/<message>/batches/<first>-<last>`` holds a small header (magic,
-header length, JSON with the content type and chunk table) followed by the raw payloads.
+``<root>/segments/<node>/<epoch>/<seq>`` are the shared log's segments (bytes as encoded by
+``encode_segment``). ``<root>/bodies/<thread>/<message>/batches/<first>-<last>_<writer>`` (a
+part) holds a small header (magic, header length, JSON with the content type, chunk table and
+log position) followed by the raw payloads.
 Every file is written to a temporary name, fsynced, then linked (new batches: a link never
 replaces an existing file) or renamed (body, index) into place, and the directory fsynced, so
 a crash leaves either the old state or the new one. Blocking calls run on a thread pool.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import json
 import os
@@ -32,10 +35,10 @@ from voxmesh.body.body_storage import (
     BodyIndex,
     BodyKey,
     ChunkTable,
+    LogWriter,
     StorageNotFound,
     StoredBatch,
     StoredBody,
-    batch_name,
     parse_batch_name,
 )
 
@@ -73,7 +76,11 @@ def _write_tmp(directory: Path, data: bytes) -> Path:
 
 def _batch_header(batch: StoredBatch) -> bytes:
     header = json.dumps(
-        {"content_type": batch.content_type, "chunks": json.loads(batch.table.encode())},
+        {
+            "content_type": batch.content_type,
+            "chunks": batch.table.as_dict(),
+            "log": batch.log_position(),
+        },
         separators=(",", ":"),
     ).encode()
     return _HEADER.pack(MAGIC, len(header)) + header
@@ -89,8 +96,9 @@ def _read_batch_file(path: Path, with_payload: bool) -> tuple[StoredBatch, bytes
             payload = fh.read() if with_payload else b""
     except FileNotFoundError:
         raise StorageNotFound(str(path)) from None
-    table = ChunkTable.decode(json.dumps(raw["chunks"]))
-    return StoredBatch(table, str(raw.get("content_type", ""))), payload
+    table = ChunkTable.from_dict(raw["chunks"])
+    writer, next_seq = StoredBatch.parse_log_position(str(raw.get("log", "")))
+    return StoredBatch(table, str(raw.get("content_type", "")), writer, next_seq), payload
 
 
 class FileBodyStorage:
@@ -156,10 +164,56 @@ class FileBodyStorage:
             os.unlink(tmp)
         _fsync_dir(path.parent)
 
-    async def read_batch(self, key: BodyKey, table: ChunkTable) -> bytes:
-        path = self._dir(key) / batch_name(table.first_index, table.last_index)
-        _, payload = await self._run(_read_batch_file, path, True)
+    async def read_batch(self, key: BodyKey, batch: StoredBatch) -> bytes:
+        _, payload = await self._run(_read_batch_file, self._dir(key) / batch.name, True)
         return payload
+
+    # -- the shared log ----------------------------------------------------------------------
+
+    async def write_segment(self, name: str, data: bytes) -> None:
+        await self._run(self._write_segment, self._root / name, data)
+
+    def _write_segment(self, path: Path, data: bytes) -> None:
+        self._ensure_dir(path.parent)
+        tmp = _write_tmp(path.parent, data)
+        try:
+            os.link(tmp, path)  # never replaces an existing segment
+        except FileExistsError:
+            if path.read_bytes() != data:
+                raise BatchConflict(f"{path} exists with other contents") from None
+        finally:
+            os.unlink(tmp)
+        _fsync_dir(path.parent)
+
+    async def list_segments(self, writer: LogWriter, from_seq: int) -> list[int]:
+        return await self._run(self._list_segments, self._root / writer.prefix, from_seq)
+
+    @staticmethod
+    def _list_segments(directory: Path, from_seq: int) -> list[int]:
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        return sorted(int(n) for n in names if n.isdigit() and int(n) >= from_seq)
+
+    async def read_segment(self, name: str) -> bytes:
+        return await self._run(self._read_segment, self._root / name)
+
+    @staticmethod
+    def _read_segment(path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise StorageNotFound(str(path)) from None
+
+    async def delete_segments(self, names: Sequence[str]) -> None:
+        await self._run(self._delete_segments, [self._root / n for n in names])
+
+    @staticmethod
+    def _delete_segments(paths: list[Path]) -> None:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     # -- load --------------------------------------------------------------------------------
 

@@ -24,9 +24,6 @@ from voxmesh.core.domain_errors import DomainError
 # A reader further behind the live tail than this drops back to reading stored chunks.
 TAIL_QUEUE_MAX_BYTES = 1 << 20
 TAIL_QUEUE_MAX_BATCHES = 1024
-# Durable chunks of a live body kept in memory for readers catching up and for duplicate
-# checks of resent chunks (older ones are read back from storage).
-RECENT_CACHE_MAX_BYTES = 2 << 20
 
 
 class TailSubscription:
@@ -149,7 +146,12 @@ class AckSink:
 
 @dataclass(eq=False)
 class LiveBody:
-    """A message being recorded, on its body node."""
+    """A message being recorded, on its body node.
+
+    Its chunks move pending -> inflight (one commit at a time) -> durable. Durable chunks are
+    either in the body's parts (``batches``, from chunk 0) or, after them, in the node's
+    segments and kept in memory (``tail``) until the next part takes them.
+    """
 
     key: BodyKey
     content_type: str
@@ -160,27 +162,42 @@ class LiveBody:
     finishing: asyncio.Task[BodyStatus] | None = None
     durable_count: int = 0
     durable_size: int = 0
-    # Accepted chunks not yet durable: the batch being written, then those waiting for it.
+    # Accepted chunks not yet durable: the commit being written, then those waiting for it.
     inflight: list[ChunkLike] = field(default_factory=list)
     pending: list[ChunkLike] = field(default_factory=list)
     pending_bytes: int = 0
     pending_since: float = 0.0
-    commit_task: asyncio.Task[None] | None = None
-    flush_now: asyncio.Event = field(default_factory=asyncio.Event)
-    # Durable batches from chunk 0, in order (what a finish composes).
+    committing: bool = False  # a commit of it (segment entry or part) is being written
+    # Set (and cleared by waiters) whenever a commit of this body ends, durable or not.
+    commit_done: asyncio.Event = field(default_factory=asyncio.Event)
+    # Durable parts from chunk 0, in order (what a finish composes).
     batches: list[StoredBatch] = field(default_factory=list)
-    # Recent durable chunks, batch by batch, from chunk `recent_first`.
-    recent: deque[list[ChunkLike]] = field(default_factory=deque)
-    recent_first: int = 0
-    recent_bytes: int = 0
+    # Durable chunks after the parts, in memory (they are in segments or foreign segments).
+    tail: list[ChunkLike] = field(default_factory=list)
+    tail_bytes: int = 0
+    tail_since: float = 0.0
+    # This node's segments that hold tail chunks (released once a part covers them).
+    segments: list[int] = field(default_factory=list)
+    own_part: bool = False  # this node wrote a part of it (its claim: where to look next)
+    sealing: bool = False  # a finish asked for everything to go into parts
     sinks: set[AckSink] = field(default_factory=set)
     waiters: list[tuple[int, asyncio.Future[DurablePosition]]] = field(default_factory=list)
     final: BodyIndex | None = None  # set once the finish has committed its index
-    evicted: bool = False  # dropped after a storage conflict: the next use reloads it
+    evicted: bool = False  # dropped after a storage failure: the next use reloads it
 
     @property
     def writable(self) -> bool:
         return self.state is BodyState.LIVE and self.finishing is None and not self.evicted
+
+    @property
+    def parts_end(self) -> int:
+        """One past the last chunk in parts: where the tail starts."""
+        return self.durable_count - len(self.tail)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing pending, in flight, or only in segments."""
+        return not self.pending and not self.inflight and not self.tail
 
     def position(self) -> DurablePosition:
         return DurablePosition(
@@ -211,24 +228,11 @@ class LiveBody:
         return self.pending[position] if position < len(self.pending) else None
 
     def recent_chunk(self, index: int) -> ChunkLike | None:
-        if index < self.recent_first or index >= self.durable_count:
+        """A durable chunk still in memory (the tail)."""
+        position = index - self.parts_end
+        if position < 0 or index >= self.durable_count:
             return None
-        for batch in reversed(self.recent):
-            first = batch[0].index
-            if index >= first:
-                return batch[index - first]
-        return None
-
-    def remember(self, batch: list[ChunkLike], size: int) -> None:
-        """Keep a durable batch in the recent cache, dropping the oldest beyond its budget."""
-        if not self.recent:
-            self.recent_first = batch[0].index
-        self.recent.append(batch)
-        self.recent_bytes += size
-        while len(self.recent) > 1 and self.recent_bytes > RECENT_CACHE_MAX_BYTES:
-            dropped = self.recent.popleft()
-            self.recent_bytes -= sum(len(c.payload) for c in dropped)
-            self.recent_first = self.recent[0][0].index
+        return self.tail[position]
 
 
 def finished_status(key: BodyKey, index: BodyIndex) -> BodyStatus:

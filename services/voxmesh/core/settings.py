@@ -120,6 +120,8 @@ class BodyStoreSettings:
     send_stop_grace_s: Annotated[float, pydantic.Field(ge=0)]
     read_batch_max_chunks: Annotated[int, pydantic.Field(gt=0)]
     failover_wait_s: Annotated[float, pydantic.Field(gt=0)]
+    part_interval_s: Annotated[float, pydantic.Field(gt=0)]
+    part_max_bytes: Annotated[int, pydantic.Field(gt=0)]
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
