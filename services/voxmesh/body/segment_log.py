@@ -315,7 +315,10 @@ class SegmentLog:
         ready = set(bodies)
         bodies += [b for b in self._due_tails(now, limits) if b not in ready]
         for body in bodies:
-            if body.state.removed or body.evicted or body.committing:
+            if body.state.removed or body.evicted:
+                self._tails.pop(body, None)
+                continue
+            if body.committing:
                 continue
             count = min(len(body.pending), limits.group_commit_max_chunks)
             tail_count = len(body.tail)
