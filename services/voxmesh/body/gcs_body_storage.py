@@ -51,6 +51,7 @@ MAX_COMPOSE_SOURCES = 32
 CHUNKS_KEY = "voxmesh-chunks"
 LOG_KEY = "voxmesh-log"
 REASON_KEY = "voxmesh-reason"
+KIND_KEY = "voxmesh-kind"
 # Pooled HTTP connections, and how many requests one call (a delete of many) runs at once.
 CONNECTIONS = 64
 FAN_OUT = 16
@@ -181,7 +182,9 @@ class GcsBodyStorage:
     # -- the shared log ----------------------------------------------------------------------
 
     async def write_segment(self, name: str, data: bytes) -> None:
-        if await self._create(name, data, "application/octet-stream", None):
+        # A multipart upload (it carries metadata): fake-gcs-server checks the generation
+        # precondition on those, not on simple media uploads (Cloud Storage does on both).
+        if await self._create(name, data, "application/octet-stream", {KIND_KEY: "segment"}):
             return
         if await self._download(name) != data:
             raise BatchConflict(f"{name} exists with other contents")
