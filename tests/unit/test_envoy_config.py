@@ -25,10 +25,16 @@ def test_grpc_web_filters_in_order_and_streams_not_cut() -> None:
     assert names == [
         "envoy.filters.http.grpc_web",
         "envoy.filters.http.cors",
+        "envoy.filters.http.local_ratelimit",
         "envoy.filters.http.router",
     ]
     route = manager["route_config"]["virtual_hosts"][0]["routes"][0]
     assert route["route"]["timeout"] == "0s"
+    # Per client address: a wildcard descriptor on remote_address, a bucket for each.
+    per_ip = route["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
+    assert per_ip["rate_limits"] == [{"actions": [{"remote_address": {}}]}]
+    assert per_ip["descriptors"][0]["entries"] == [{"key": "remote_address"}]
+    assert per_ip["descriptors"][0]["token_bucket"]["tokens_per_fill"] == 200
     assert route["route"]["max_stream_duration"]["grpc_timeout_header_max"] == "0s"
     cluster = config["static_resources"]["clusters"][0]
     endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]

@@ -39,7 +39,12 @@ class PermissionDenied(DomainError):
 
 
 class ResourceExhausted(DomainError):
-    """A configured limit on in-flight work was reached; the client should back off."""
+    """A configured limit on in-flight work or a rate was reached; the client should back off
+    (for ``retry_after_s`` if given: sent as a ``google.rpc.RetryInfo`` status detail)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Aborted(DomainError):

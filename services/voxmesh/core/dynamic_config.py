@@ -26,7 +26,7 @@ from voxmesh.core.structured_logging import get_logger
 _log = get_logger(__name__)
 _RETRY_S = 0.5
 
-DYNAMIC_SECTIONS = ("limits", "body_store", "updates")
+DYNAMIC_SECTIONS = ("limits", "rate_limits", "body_store", "updates")
 DYNAMIC_KEYS = ("rings.vnodes", "rings.preference_list_size", "rings.suspect_s")
 
 SettingsListener = Callable[[Settings], None]

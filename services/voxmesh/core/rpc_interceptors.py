@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import prometheus_client
 import structlog
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
 
 from voxmesh.core import domain_errors as errors
 from voxmesh.core.structured_logging import LogRateLimit, get_logger, new_request_id
@@ -70,6 +72,37 @@ def client_status(error: BaseException) -> tuple[grpc.StatusCode, str] | None:
             details = f"a backing service is unavailable: {details}"
         return code, details
     return None
+
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def retry_status_details(code: grpc.StatusCode, message: str, retry_after_s: float) -> bytes:
+    """A ``google.rpc.Status`` carrying a ``RetryInfo`` delay (for grpc-status-details-bin)."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(max(1_000_000, int(retry_after_s * 1e9)))  # at least 1 ms
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    encoded: bytes = status.SerializeToString()
+    return encoded
+
+
+def _refusal_trailers(
+    error: BaseException,
+    code: grpc.StatusCode,
+    details: str,
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> tuple[tuple[str, str | bytes], ...]:
+    """The call's trailers, plus the retry delay of a rate-limit refusal."""
+    retry_after_s = getattr(error, "retry_after_s", None)
+    if not isinstance(error, errors.ResourceExhausted) or retry_after_s is None:
+        return ()
+    trailers = tuple(context.trailing_metadata() or ())
+    return (
+        *trailers,
+        (STATUS_DETAILS_KEY, retry_status_details(code, details, retry_after_s)),
+    )
 
 
 if TYPE_CHECKING:  # generic in grpc-stubs only, not at run time
@@ -268,6 +301,10 @@ class ErrorMappingInterceptor(AroundInterceptor):
             # A refusal, or a call to another voxmesh service that failed with a precise
             # status: pass it on.
             code, details = client_status(exc) or (grpc.StatusCode.UNKNOWN, "")
+            trailers = _refusal_trailers(exc, code, details, context)
+            if trailers:
+                # Rate-limited: counted in metrics, not logged (a flood must not fill the disk).
+                await context.abort(code, details, trailing_metadata=trailers)
             left_out = self._refusal_log.admit((method, code))
             if left_out is None:
                 LOG_LINES_LEFT_OUT.labels(self._service).inc()

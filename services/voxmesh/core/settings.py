@@ -61,6 +61,9 @@ class EnvoySettings:
     port: Port
     admin_port: int
     cors_allow_origin_regex: tuple[str, ...]
+    requests_per_ip_per_s: Annotated[int, pydantic.Field(ge=1)]
+    requests_per_ip_burst: Annotated[int, pydantic.Field(ge=1)]
+    rate_limit_max_tracked_ips: Annotated[int, pydantic.Field(ge=1)]
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
@@ -81,6 +84,9 @@ class ServiceSettings:
     port: Port
     metrics_port: Annotated[int, pydantic.Field(ge=0, le=65535)]
     max_concurrent_rpcs: Annotated[int, pydantic.Field(gt=0)]
+    # Calls and streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_
+    # STREAMS): a client beyond it waits for one of its own to finish; others are not affected.
+    max_streams_per_connection: Annotated[int, pydantic.Field(gt=0)]
     drain_grace_s: Annotated[float, pydantic.Field(ge=0)]
     # After leaving the ring and reporting NOT_SERVING, keep serving this long so callers
     # (Envoy's health checks, other nodes' ring watches) move away before the port closes.
@@ -102,6 +108,26 @@ class LimitSettings:
     max_text_bytes: Annotated[int, pydantic.Field(gt=0)]
     max_members_per_thread: Annotated[int, pydantic.Field(ge=2)]
     max_grpc_message_bytes: Annotated[int, pydantic.Field(gt=0)]
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class BucketSettings:
+    """A token bucket: a sustained rate per second and a burst, per user and per device."""
+
+    user_per_s: Annotated[float, pydantic.Field(gt=0)]
+    user_burst: Annotated[int, pydantic.Field(ge=1)]
+    device_per_s: Annotated[float, pydantic.Field(gt=0)]
+    device_burst: Annotated[int, pydantic.Field(ge=1)]
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class RateLimitSettings:
+    enabled: bool
+    calls: BucketSettings
+    message_starts: BucketSettings
+    chunks: BucketSettings
+    texts: BucketSettings
+    max_tracked_buckets: Annotated[int, pydantic.Field(ge=1)]
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
@@ -229,6 +255,7 @@ class Settings:
     body: ServiceSettings
     notification: ServiceSettings
     limits: LimitSettings
+    rate_limits: RateLimitSettings
     stores: StoreSettings
     body_store: BodyStoreSettings
     auth: AuthSettings

@@ -7,14 +7,65 @@ updates stream) need the route timeout disabled, or Envoy cuts them after 15 s.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Sequence
 from typing import Any
+
+import grpc
 
 from voxmesh.core.settings import Settings
 
 ROUTER_SERVICE = "voxmesh.router.v1.RouterService"
 _TYPES = "type.googleapis.com/envoy.extensions"
+
+# Per-IP limits: every distinct client address gets its own token bucket (a wildcard
+# descriptor). A refused gRPC call answers RESOURCE_EXHAUSTED with a RetryInfo of one fill
+# interval in grpc-status-details-bin; a refused gRPC-web call gets the same details, but
+# Envoy's status for it is UNAVAILABLE (its HTTP 429 mapping; the flag covers native gRPC only).
+_RATE_LIMIT_FILL_S = 1
+
+
+def _status_details_header(message: str) -> str:
+    from voxmesh.core.rpc_interceptors import retry_status_details
+
+    details = retry_status_details(grpc.StatusCode.RESOURCE_EXHAUSTED, message, _RATE_LIMIT_FILL_S)
+    return base64.b64encode(details).decode()
+
+
+def _local_rate_limit(settings: Settings) -> dict[str, Any]:
+    envoy = settings.envoy
+    bucket = {
+        "max_tokens": envoy.requests_per_ip_burst,
+        "tokens_per_fill": envoy.requests_per_ip_per_s,
+        "fill_interval": f"{_RATE_LIMIT_FILL_S}s",
+    }
+    return {
+        "@type": f"{_TYPES}.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "per_ip",
+        # rate_limits fills in the client's address; the wildcard descriptor (no value) gives
+        # every address its own bucket.
+        "token_bucket": bucket,
+        "rate_limits": [{"actions": [{"remote_address": {}}]}],
+        "descriptors": [{"entries": [{"key": "remote_address"}], "token_bucket": bucket}],
+        "max_dynamic_descriptors": envoy.rate_limit_max_tracked_ips,
+        "always_consume_default_token_bucket": False,
+        "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        "rate_limited_as_resource_exhausted": True,
+        "response_headers_to_add": [
+            {
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                "header": {
+                    "key": "grpc-status-details-bin",
+                    "value": _status_details_header(
+                        "rate limit: too many requests from this address"
+                    ),
+                },
+            }
+        ],
+    }
+
 
 ALLOW_HEADERS = "content-type,x-grpc-web,x-user-agent,grpc-timeout,authorization,x-request-id"
 EXPOSE_HEADERS = "grpc-status,grpc-message,grpc-status-details-bin,x-request-id"
@@ -39,6 +90,9 @@ def render_envoy_config(
     }
     route = {
         "match": {"prefix": f"/{ROUTER_SERVICE}/"},
+        "typed_per_filter_config": {
+            "envoy.filters.http.local_ratelimit": _local_rate_limit(settings)
+        },
         "route": {
             "cluster": "routers",
             # Streams live as long as the client wants: no route timeout, no grpc-timeout cap.
@@ -85,6 +139,16 @@ def render_envoy_config(
             {
                 "name": "envoy.filters.http.cors",
                 "typed_config": {"@type": f"{_TYPES}.filters.http.cors.v3.Cors"},
+            },
+            {
+                # Configured per route (the gRPC route), so CORS preflights are not counted.
+                "name": "envoy.filters.http.local_ratelimit",
+                "typed_config": {
+                    "@type": f"{_TYPES}.filters.http.local_ratelimit.v3.LocalRateLimit",
+                    "stat_prefix": "per_ip",
+                    # Read from here, not from the route: grpc-status 8, not 14 (UNAVAILABLE).
+                    "rate_limited_as_resource_exhausted": True,
+                },
             },
             {
                 "name": "envoy.filters.http.router",

@@ -31,6 +31,7 @@ from voxmesh.router.message_relay import DELETED, RECALLED, MessageRelay, update
 from voxmesh.router.peer_links import PeerLinks
 from voxmesh.router.presence_tracker import PresenceTracker
 from voxmesh.router.push_notices import PushNotices
+from voxmesh.router.rate_limits import CallLimitInterceptor, LimitKind, RateLimiter
 from voxmesh.router.router_peer import RouterPeer
 from voxmesh.router.updates_stream import MOVED, SplicedUpdatesInterceptor, UpdatesStreamer
 from voxmesh.router.v1 import router_peer_service_pb2_grpc
@@ -55,6 +56,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self._settings = settings
         self._self = pb.RouterNode(zone=settings.zone)
         self.hub = DeviceHub(settings.updates.queue_max)
+        self.limits = RateLimiter(settings.rate_limits)
         self._mesh = MeshClients(settings, membership)
         self._links = PeerLinks(self._mesh)
         self.relay = MessageRelay(settings, self.hub, self._mesh, self._links)
@@ -74,6 +76,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     def reconfigure(self, settings: Settings) -> None:
         """Adopt dynamic settings: limits, timeouts, queue sizes, ring parameters."""
         self._settings = settings
+        self.limits.reconfigure(settings.rate_limits)
         self.relay.reconfigure(settings)
         self._updates.reconfigure(settings.updates)
         self.hub.queue_max = settings.updates.queue_max
@@ -183,13 +186,17 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     async def Send(
         self, request_iterator: AsyncIterator[pb.SendRequest], context: Context
     ) -> AsyncIterator[pb.SendResponse]:
-        async for response in self.relay.send(current_caller().user_id, request_iterator):
+        user = current_caller().user_id
+        frames = self.limits.metered_send(user, request_iterator)
+        async for response in self.relay.send(user, frames):
             yield response
 
     async def StartMessage(
         self, request: pb.StartMessageRequest, context: Context
     ) -> pb.StartMessageResponse:
         user = current_caller().user_id
+        self.limits.check(LimitKind.MESSAGE_STARTS, user, request.device_id)
+        self.limits.check(LimitKind.CHUNKS, user, request.device_id, len(request.chunks))
         live, durable = await self.relay.start(
             user, request.device_id, request.start, request.chunks
         )
@@ -244,6 +251,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self, request: pb.AppendChunksRequest, context: Context
     ) -> pb.AppendChunksResponse:
         user = current_caller().user_id
+        self.limits.check(LimitKind.CHUNKS, user, count=len(request.chunks))
         live = await self._live(user, request.thread_id, request.message_id)
         try:
             return pb.AppendChunksResponse(ack=await self._append(live, request.chunks))
@@ -259,6 +267,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
 
     async def SendText(self, request: pb.SendTextRequest, context: Context) -> pb.SendTextResponse:
         user = current_caller().user_id
+        self.limits.check(LimitKind.TEXTS, user, request.device_id)
         if not request.text:
             raise InvalidArgument("text is empty")
         start = message_pb2.MessageStart(
@@ -821,6 +830,7 @@ def create_router_service(settings: Settings) -> ServiceParts:
         membership=membership,
         interceptors=[
             AuthInterceptor(verifier, [ROUTER_SERVICE]),
+            CallLimitInterceptor(router.limits, [ROUTER_SERVICE]),
             # Every field of every unary request, before it goes anywhere (Send: the relay
             # checks its first frame and its end).
             FieldCheckInterceptor(field_rules.check_fields, [ROUTER_SERVICE]),
