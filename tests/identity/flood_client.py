@@ -11,11 +11,11 @@ import collections
 import json
 import sys
 import time
-import uuid
 
 import grpc
 import uvloop
 
+from tests.voxmesh_client import uuid7
 from voxmesh.common.v1 import body_pb2, message_pb2
 from voxmesh.router.v1 import router_service_pb2 as pb
 from voxmesh.router.v1 import router_service_pb2_grpc as pb_grpc
@@ -61,7 +61,7 @@ async def flood(address: str, token: str, thread_id: str, device_id: str, second
             payload = b"\x00" * 160
             while time.monotonic() < deadline:
                 start = message_pb2.MessageStart(
-                    message_id=str(uuid.uuid4()),
+                    message_id=uuid7(),
                     thread_id=thread_id,
                     kind=message_pb2.MESSAGE_KIND_VOICE,
                     content_type="audio/ogg",
