@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.bench_parameters import FRAME_BYTES, FRAME_MS
 from bench.latency_stats import ratio
 
 SYSTEM_NAMES = {
@@ -509,6 +510,56 @@ def _cost_lines(cost: dict[str, dict[str, float]]) -> list[str]:
     )
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _webrtc_section(results: dict[str, Any]) -> list[str]:
+    """WebRTC talkers beside gRPC Send talkers at the same N, on the same stack."""
+    webrtc = results.get("webrtc")
+    if not webrtc:
+        return []
+    params = results["meta"]["parameters"]
+    grpc_steps = _steps(results["live"].get("voxmesh"))
+    listeners = params["listeners_per_thread"]
+
+    def per_talker(step: dict[str, Any] | None) -> str:
+        value = step.get("server_cpu_ms_per_delivery") if step else None
+        # ms of server CPU per delivered frame x frames delivered per talker-second
+        return "-" if value is None else f"{value * listeners * 1000 / FRAME_MS:.0f}"
+
+    rows = []
+    for speakers, step in sorted(_steps(webrtc).items()):
+        other = grpc_steps.get(speakers)
+        latency, grpc_latency = step["latency_ms"], (other or {}).get("latency_ms", {})
+        rows.append(
+            f"| {speakers} | {_ms(latency.get('p50'))} | {_ms(latency.get('p99'))} | "
+            f"{step['loss']:.2%} | {per_talker(step)} | {_ms(grpc_latency.get('p50'))} | "
+            f"{_ms(grpc_latency.get('p99'))} | {per_talker(other)} | {step['verdict']} |"
+        )
+    bound = "≥ " if webrtc["capacity_is_lower_bound"] else ""
+    return [
+        "### Live audio over WebRTC",
+        "",
+        f"Talkers are aiortc peer connections (StartWebRtcTalk), one Opus RTP packet of "
+        f"{FRAME_BYTES} bytes every 20 ms, stamped as above; listeners are the same updates "
+        f"streams. Latency = talker's frame handed to aiortc -> listener's device (aiortc's "
+        f"sender, SRTP, the router's receiver, the relay). A step passes while p99 < "
+        f"{params.get('webrtc_p99_limit_ms', 150):g} ms (ITU-T G.114's one-way bound). Server "
+        f"CPU per talker = server CPU ms per delivered frame x {listeners} listeners x 50 "
+        f"frames/s (ms of CPU per second of talk).",
+        "",
+        f"WebRTC talkers one router carried with p99 < "
+        f"{params.get('webrtc_p99_limit_ms', 150):g} ms: **{bound}{webrtc['capacity']}**.",
+        "",
+        "| talkers | WebRTC p50 | WebRTC p99 | loss | CPU ms/s per talker | Send p50 | Send p99 "
+        "| Send CPU ms/s per talker | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+    ]
+
+
 def render_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     meta = results["meta"]
     params = meta["parameters"]
@@ -573,6 +624,7 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     for variant in results.get("voxmesh_variants", []):
         if variant is not live.get("voxmesh") and variant != live.get("voxmesh"):
             lines += _sweep_section(f"voxmesh ({_variant_label(variant)})", variant)
+    lines += _webrtc_section(results)
     if 2 not in params["routers"]:
         lines += [
             "Routers: this run used "

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import os
 import platform
@@ -141,6 +142,8 @@ class Run:
                         acks_from_sweep = sweeping and params.ack_speakers in params.sweep
                         if primary:
                             self._store_scenarios(stack, backend, not acks_from_sweep)
+                        if sweeping and primary and "voxmesh-webrtc" in params.systems:
+                            self._webrtc_sweep(stack)
                         if sweeping:
                             self._voxmesh_sweep(stack, backend, routers, primary)
                         if primary and acks_from_sweep:
@@ -168,6 +171,22 @@ class Run:
             self.results["voxmesh_variants"].append(result)
             if primary:
                 self.results["live"]["voxmesh"] = result
+
+    def _webrtc_sweep(self, stack: VoxmeshStack) -> None:
+        """WebRTC talkers on the same stack, before the gRPC sweep overloads it."""
+        with self.scenario("live sweep: voxmesh, WebRTC talkers"):
+            target = LoadTarget(
+                "voxmesh-webrtc", tuple(stack.router_addresses()), stack.settings.auth
+            )
+            params = dataclasses.replace(self.params, p99_limit_ms=self.params.webrtc_p99_limit_ms)
+            self.results["webrtc"] = sweep(
+                "voxmesh-webrtc",
+                target,
+                params,
+                stack.service_pids(),
+                f"{self.run_id}w",
+                self.log,
+            )
 
     def _acks_from_sweep(self, stack: VoxmeshStack, backend: Backend) -> None:
         sweep_result = self.results["live"].get("voxmesh") or {"steps": []}

@@ -39,6 +39,7 @@ from bench.mesh_client import (
     stamped_payload,
     uuid7,
 )
+from bench.webrtc_load import start_speaker, unwrap_pages
 from voxmesh.common.v1 import message_pb2, thread_pb2
 from voxmesh.core.settings import AuthSettings
 from voxmesh.router.v1 import router_service_pb2 as pb
@@ -346,7 +347,25 @@ class RedisRelayClient:
         await self._publisher.aclose()
 
 
+class WebRtcVoxmeshClient(VoxmeshClient):
+    """Speakers talk over WebRTC (bench.webrtc_load); listeners are the same updates streams."""
+
+    async def listen(
+        self, thread: int, listener: int, ready: asyncio.Event
+    ) -> AsyncIterator[bytes]:
+        async for packet in unwrap_pages(super().listen(thread, listener, ready)):
+            yield packet
+
+    async def speaker(self, thread: int, on_ack: OnAck) -> Speaker:
+        user = self._user(thread, "s")
+        metadata = self._tokens.metadata(user)
+        stub = await self._pool.home_stub(user, metadata, thread)
+        return await start_speaker(stub, metadata, self._threads[thread], uuid7(), on_ack)
+
+
 def make_client(spec: StepSpec) -> RelayClient:
+    if spec.target.system == "voxmesh-webrtc":
+        return WebRtcVoxmeshClient(spec.label, spec.target, spec.channels, spec.listeners)
     if spec.target.system == "voxmesh":
         return VoxmeshClient(spec.label, spec.target, spec.channels, spec.listeners)
     if spec.target.system == "grpc-relay":
