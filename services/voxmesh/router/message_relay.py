@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -385,10 +386,17 @@ class MessageRelay:
         self, live: LiveMessage, first: pb.SendRequest, inbox: _SendInbox
     ) -> AsyncIterator[pb.SendResponse]:
         """The chunks of a started message to its body node, acks and completion back."""
-        out: asyncio.Queue[pb.SendResponse | BaseException | None] = asyncio.Queue()
+        # What goes back to the sender, in order: acks, completion, an error, None (done),
+        # or _CUT (recalled or deleted meanwhile). One wake event, no task per item.
+        out: deque[pb.SendResponse | BaseException | object | None] = deque()
+        wake = asyncio.Event()
+
+        def put(item: pb.SendResponse | BaseException | object | None) -> None:
+            out.append(item)
+            wake.set()
 
         def on_ack(ack: body_pb2.DurableAck) -> None:
-            out.put_nowait(pb.SendResponse(ack=ack))
+            put(pb.SendResponse(ack=ack))
 
         writer = self._body_links.writer(
             live.thread_id, live.message_id, live.header.content_type, on_ack
@@ -403,34 +411,48 @@ class MessageRelay:
                     if frame.HasField("end"):
                         await writer.finish(frame.end.chunk_count)
                         header = await self.complete(live, frame.end)
-                        await out.put(pb.SendResponse(completed=pb.SendCompleted(header=header)))
+                        put(pb.SendResponse(completed=pb.SendCompleted(header=header)))
                         break
                     frame = await inbox.next()
-                await out.put(None)
+                put(None)
             except BaseException as exc:
                 if not isinstance(exc, asyncio.CancelledError):
-                    await out.put(exc)
+                    put(exc)
                 raise
+
+        async def watch_cut_off() -> None:
+            await live.cut_off.wait()
+            put(_CUT)
 
         completed = False
         pump = asyncio.create_task(pump_frames())
-        cut_off = asyncio.create_task(live.cut_off.wait())
+        cut_off = asyncio.create_task(watch_cut_off())
         try:
             while True:
-                getter = asyncio.create_task(out.get())
-                done, _ = await asyncio.wait({getter, cut_off}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
+                while not out:
+                    wake.clear()
+                    await wake.wait()
+                item = out.popleft()
+                if item is _CUT:
                     stop: BaseException = FailedPrecondition(live.ended_reason or "message ended")
                     break
-                item = getter.result()
                 if item is None:
                     return
                 if isinstance(item, BaseException):
                     stop = item
                     break
-                completed = item.HasField("completed")
-                yield item
+                assert isinstance(item, pb.SendResponse)
+                response = item
+                if response.HasField("ack"):
+                    # Acks are cumulative: one already queued behind this one supersedes it.
+                    while out:
+                        newer = out[0]
+                        if not isinstance(newer, pb.SendResponse) or not newer.HasField("ack"):
+                            break
+                        response = newer
+                        out.popleft()
+                completed = response.HasField("completed")
+                yield response
             pump.cancel()
             async for frame in self._stop(stop, inbox):
                 yield frame
@@ -562,6 +584,9 @@ class MessageRelay:
             task.cancel()
         await self._body_links.close()
         await self._links.close()
+
+
+_CUT = object()  # a Send's outbox: the message was recalled or deleted meanwhile
 
 
 class _SendInbox:
