@@ -197,6 +197,19 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         user = current_caller().user_id
         self.limits.check(LimitKind.MESSAGE_STARTS, user, request.device_id)
         self.limits.check(LimitKind.CHUNKS, user, request.device_id, len(request.chunks))
+        if request.HasField("end") and (not request.chunks or request.chunks[0].index == 0):
+            # The whole message in one call: its totals must be these chunks' before the
+            # header is written (else a refused call would leave a LIVE header behind).
+            size = sum(len(c.payload) for c in request.chunks)
+            if request.end.chunk_count != len(request.chunks) or request.end.size_bytes not in (
+                0,
+                size,
+            ):
+                raise InvalidArgument(
+                    f"end says {request.end.chunk_count} chunks and {request.end.size_bytes} "
+                    f"bytes, but the request carries {len(request.chunks)} chunks of {size} "
+                    f"bytes"
+                )
         live, durable = await self.relay.start(
             user, request.device_id, request.start, request.chunks
         )
