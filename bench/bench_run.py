@@ -157,7 +157,9 @@ class Run:
         self, stack: VoxmeshStack, backend: Backend, routers: int, primary: bool
     ) -> None:
         with self.scenario(f"live sweep: voxmesh ({backend}, {routers} router(s))"):
-            target = LoadTarget("voxmesh", tuple(stack.router_addresses()), stack.settings.auth)
+            target = LoadTarget(
+                "voxmesh", tuple(stack.router_addresses()), stack.settings.auth, stack.ca_pem
+            )
             result = sweep(
                 "voxmesh",
                 target,
@@ -224,7 +226,9 @@ class Run:
         params, pids = self.params, stack.service_pids()
         costs: dict[str, Any] = self.results["scenario_cost"].setdefault(backend, {})
         with self.scenario(f"durable acks ({backend})"):
-            target = LoadTarget("voxmesh", tuple(stack.router_addresses()), stack.settings.auth)
+            target = LoadTarget(
+                "voxmesh", tuple(stack.router_addresses()), stack.settings.auth, stack.ca_pem
+            )
             summary = run_step(
                 "voxmesh",
                 target,

@@ -18,6 +18,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.bench_parameters import Backend
+from voxmesh.core.mesh_tls import client_ca_file
 from voxmesh.core.settings import INSTANCE_PORT_STRIDE, Settings, load_settings
 from voxmesh.stack import binaries
 from voxmesh.stack.components import router_addresses
@@ -76,6 +77,7 @@ def stack_overrides(run_dir: Path, backend: Backend, routers: int = 1) -> dict[s
         **{
             kind: {
                 "port": free_port_block(count),
+                "internal_port": free_port_block(count),
                 "metrics_port": free_port_block(count),
                 "instances": count,
                 # Nothing to drain for: the benchmark stops its stacks between scenarios.
@@ -106,6 +108,13 @@ class VoxmeshStack:
     @property
     def settings(self) -> Settings:
         return self.stack.settings
+
+    @property
+    def ca_pem(self) -> bytes | None:
+        """What load clients trust on the routers' client ports (None: plaintext)."""
+        if self.settings.tls.client_plaintext:
+            return None
+        return client_ca_file(self.settings).read_bytes()
 
     def router_addresses(self) -> list[str]:
         """Every router of the stack (devices Discover their home router among them)."""

@@ -25,6 +25,15 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 )
 
+
+def _channel(address: str, ca_pem: bytes | None) -> grpc.aio.Channel:
+    """To a router's client port: TLS trusting the stack's CA, or plaintext (None)."""
+    if ca_pem is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+
+
 _STAMP = struct.Struct("<qI")  # send time (CLOCK_MONOTONIC ns, shared by every process), index
 
 
@@ -79,13 +88,10 @@ class RouterChannels:
     the sender's path the one the design describes.
     """
 
-    def __init__(self, addresses: list[str], per_router: int) -> None:
+    def __init__(self, addresses: list[str], per_router: int, ca_pem: bytes | None) -> None:
         self.addresses = list(addresses)
         self._channels = {
-            address: [
-                grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-                for _ in range(max(1, per_router))
-            ]
+            address: [_channel(address, ca_pem) for _ in range(max(1, per_router))]
             for address in self.addresses
         }
         self._stubs = {

@@ -54,6 +54,7 @@ class LoadTarget:
     system: System
     addresses: tuple[str, ...]  # routers (voxmesh), the relay, or the Redis server
     auth: AuthSettings | None = None
+    ca_pem: bytes | None = None  # the routers' client ports speak TLS with this CA (voxmesh)
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ class VoxmeshClient:
         self._label = label
         self._listeners = listeners
         self._tokens = TokenCache(target.auth)
-        self._pool = RouterChannels(list(target.addresses), channels)
+        self._pool = RouterChannels(list(target.addresses), channels, target.ca_pem)
         self._threads: dict[int, str] = {}
         self._calls: list[Any] = []
 

@@ -62,7 +62,7 @@ class Session:
     def __init__(self, stack: VoxmeshStack, run_id: str) -> None:
         self.stack = stack
         self.run_id = run_id
-        self.pool = RouterChannels(stack.router_addresses(), 4)
+        self.pool = RouterChannels(stack.router_addresses(), 4, stack.ca_pem)
         self.tokens = TokenCache(stack.settings.auth)
         self._slots = 0
 

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import ssl
 import struct
 import urllib.request
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
+
+from voxmesh.core.mesh_tls import client_ca_file
+from voxmesh.core.settings import Settings
+
+
+def gateway_url(settings: Settings) -> str:
+    """Envoy's listener: https unless the client ports are plaintext (local only)."""
+    scheme = "http" if settings.tls.client_plaintext else "https"
+    return f"{scheme}://{settings.host}:{settings.envoy.port}"
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """What a browser would need to trust the gateway: the stack's CA (None: plaintext)."""
+    if settings.tls.client_plaintext:
+        return None
+    return ssl.create_default_context(cafile=str(client_ca_file(settings)))
 
 
 @dataclass
@@ -33,6 +50,7 @@ def call(
     origin: str = "http://localhost:3000",
     timeout_s: float = 10,
     token: str | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> GrpcWebReply:
     payload = request.SerializeToString()
     frame = b"\x00" + struct.pack(">I", len(payload)) + payload
@@ -47,7 +65,7 @@ def call(
             **({"authorization": f"Bearer {token}"} if token else {}),
         },
     )
-    with urllib.request.urlopen(http_request, timeout=timeout_s) as response:
+    with urllib.request.urlopen(http_request, timeout=timeout_s, context=context) as response:
         body = response.read()
         headers = {k.lower(): v for k, v in response.headers.items()}
         status = response.status

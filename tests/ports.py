@@ -28,7 +28,7 @@ def stack_overrides(run_dir: str) -> dict[str, object]:
         "gcs": {"port": free_port()},
         "envoy": {"port": free_port(), "admin_port": free_port()},
         **{
-            kind: {"port": free_port(), "metrics_port": free_port()}
+            kind: {"port": free_port(), "internal_port": free_port(), "metrics_port": free_port()}
             for kind in ("router", "header", "body", "notification")
         },
         "supervisor": {"ready_timeout_s": 60.0, "stop_timeout_s": 10.0, "autorestart": False},

@@ -14,6 +14,7 @@ import grpc
 from voxmesh.common.v1 import body_pb2, message_pb2, update_pb2
 from voxmesh.core.client_auth import issue_token
 from voxmesh.core.ids import new_uuid7
+from voxmesh.core.mesh_tls import client_channel
 from voxmesh.core.settings import Settings
 from voxmesh.router.v1 import router_service_pb2 as pb
 from voxmesh.router.v1 import router_service_pb2_grpc as pb_grpc
@@ -53,9 +54,10 @@ class Device:
     def __post_init__(self) -> None:
         # Own subchannels and a short backoff: a device reconnecting to a restarted router
         # must not inherit another channel's reconnect backoff (gRPC shares subchannels).
-        self.channel = grpc.aio.insecure_channel(
+        self.channel = client_channel(
+            self.settings,
             self.address,
-            options=[
+            [
                 ("grpc.use_local_subchannel_pool", 1),
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000),

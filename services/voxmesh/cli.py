@@ -175,9 +175,12 @@ def _print_status(statuses: list) -> None:  # type: ignore[type-arg]
 @app.command()
 def serve(
     kind: Annotated[str, typer.Argument(help="router | header | body | notification")],
-    port: Annotated[int | None, typer.Option(help="Override the configured gRPC port.")] = None,
+    port: Annotated[int | None, typer.Option(help="Override the configured client port.")] = None,
     metrics_port: Annotated[
         int | None, typer.Option(help="Override the configured metrics port.")
+    ] = None,
+    internal_port: Annotated[
+        int | None, typer.Option(help="Override the configured internal (mutual TLS) port.")
     ] = None,
 ) -> None:
     """Run one service in the foreground (what `voxmesh up` runs under supervision)."""
@@ -190,7 +193,14 @@ def serve(
 
     settings = _settings()
     configure_logging(settings.log, kind)
-    runner = build_runner(kind, settings, port=port, metrics_port=metrics_port, join_ring=True)
+    runner = build_runner(
+        kind,
+        settings,
+        port=port,
+        metrics_port=metrics_port,
+        join_ring=True,
+        internal_port=internal_port,
+    )
     uvloop.run(runner.serve_until_signalled())
 
 

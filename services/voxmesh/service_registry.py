@@ -37,6 +37,7 @@ def build_runner(
     port: int | None = None,
     metrics_port: int | None = None,
     join_ring: bool = False,
+    internal_port: int | None = None,
 ) -> ServiceRunner:
     """A runner for ``kind``; with ``join_ring`` it registers in etcd (keeps retrying)."""
     parts = service_parts(kind, settings)
@@ -51,6 +52,7 @@ def build_runner(
         parts.registrations,
         port=port,
         metrics_port=metrics_port,
+        internal_port=internal_port,
         started_hooks=parts.started_hooks,
         startup_hooks=parts.startup_hooks,
         shutdown_hooks=parts.shutdown_hooks,

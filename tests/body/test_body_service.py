@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
+from tests.mesh_pki import mesh_channel, tls_overrides
 from voxmesh.body.v1 import body_service_pb2 as pb
 from voxmesh.body.v1 import body_service_pb2_grpc as pb_grpc
 from voxmesh.common.v1 import body_pb2 as body_pb
@@ -55,12 +56,11 @@ async def body_service(
         overrides["gcs"] = {"port": emulators.gcs.port, "bucket": bucket}
     else:
         overrides["stores"] = {"backend": "embedded", "files_root": str(tmp_path / "files")}
-    runner: ServiceRunner = build_runner(
-        "body", load_settings(environ={}, overrides=overrides), port=0, metrics_port=0
-    )
+    settings = load_settings(environ={}, overrides={**overrides, **tls_overrides()})
+    runner: ServiceRunner = build_runner("body", settings, port=0, metrics_port=0)
     await runner.start()
     try:
-        async with grpc.aio.insecure_channel(runner.address) as channel:
+        async with mesh_channel(settings, runner.internal_address, "body", "router") as channel:
             yield pb_grpc.BodyServiceStub(channel)
     finally:
         await runner.drain(grace_s=0)

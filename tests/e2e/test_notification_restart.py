@@ -27,6 +27,7 @@ import pytest
 from tests.ports import free_port
 from tests.voxmesh_client import Device, uuid7
 from voxmesh.common.v1 import device_pb2, thread_pb2
+from voxmesh.core.mesh_tls import client_ca_file
 from voxmesh.core.settings import Settings, load_settings
 from voxmesh.notification.webhook_receiver import ReceivedPush, WebhookReceiver
 from voxmesh.router.v1 import router_service_pb2 as pb
@@ -69,7 +70,9 @@ def isolated_settings(local_stack: LocalStack, tmp_path: Path) -> Iterator[tuple
         data = pydantic.TypeAdapter(Settings).dump_python(local_stack.settings, mode="json")
         data["redis"]["port"] = redis_port
         data["etcd"]["prefix"] = f"/voxmesh-restart-{uuid.uuid4().hex[:8]}"
-        data["notification"].update(port=free_port(), metrics_port=free_port(), drain_grace_s=1)
+        data["notification"].update(
+            port=free_port(), internal_port=free_port(), metrics_port=free_port(), drain_grace_s=1
+        )
         data["notification_sender"]["max_in_flight_pushes"] = IN_FLIGHT
         path = tmp_path / "settings.json"
         path.write_text(json.dumps(data))
@@ -100,7 +103,10 @@ class NotificationProcess:
         port = self._settings.notification.port
         _wait_ready(
             lambda: readiness.grpc_health(
-                "127.0.0.1", port, "voxmesh.notification.v1.NotificationService"
+                "127.0.0.1",
+                port,
+                "voxmesh.notification.v1.NotificationService",
+                ca_file=client_ca_file(self._settings),
             ),
             "notification",
         )

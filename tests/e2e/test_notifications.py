@@ -13,10 +13,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from tests.mesh_pki import mesh_channel
 from tests.voxmesh_client import Device, collect_updates, send_voice, uuid7, voice_chunks
 from voxmesh.common.v1 import device_pb2, message_pb2, presence_pb2, thread_pb2, update_pb2
 from voxmesh.core.settings import Settings
@@ -43,8 +43,8 @@ async def receiver() -> AsyncIterator[WebhookReceiver]:
 @pytest.fixture
 async def notifier(local_stack: LocalStack) -> AsyncIterator[Any]:
     settings = local_stack.settings
-    async with grpc.aio.insecure_channel(
-        f"{settings.host}:{settings.notification.port}"
+    async with mesh_channel(
+        settings, f"{settings.host}:{settings.notification.internal_port}", "notification", "router"
     ) as channel:
         yield n_grpc.NotificationServiceStub(channel)
 

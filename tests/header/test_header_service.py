@@ -12,6 +12,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from tests.header.conftest import BACKENDS
+from tests.mesh_pki import mesh_channel, tls_overrides
 from voxmesh.common.v1 import mark_pb2, message_pb2, thread_pb2
 from voxmesh.core.settings import Settings, load_settings
 from voxmesh.header.header_store import HeaderStore
@@ -35,12 +36,15 @@ async def stub(
     else:
         settings = load_settings(
             environ={},
-            overrides={"stores": {"backend": "embedded", "sqlite_path": str(tmp_path / "h.db")}},
+            overrides={
+                "stores": {"backend": "embedded", "sqlite_path": str(tmp_path / "h.db")},
+                **tls_overrides(),
+            },
         )
     runner = build_runner("header", settings, port=0, metrics_port=0)
     await runner.start()
     try:
-        async with grpc.aio.insecure_channel(runner.address) as channel:
+        async with mesh_channel(settings, runner.internal_address, "header", "router") as channel:
             yield pb_grpc.HeaderServiceStub(channel)
     finally:
         await runner.drain(grace_s=0)

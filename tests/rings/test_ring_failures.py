@@ -452,7 +452,8 @@ async def test_sigterm_drains_a_router_with_zero_client_errors(
     ring_stack: LocalStack, rings: RingMembership
 ) -> None:
     settings = ring_stack.settings
-    gateway = f"http://{settings.host}:{settings.envoy.port}"
+    gateway = grpc_web.gateway_url(settings)
+    tls = grpc_web.tls_context(settings)
     token = issue_token(settings.auth, "drain-user")
     victim = _component_for(ring_stack, rings.members("router")[1].address)
     statuses: list[tuple[int, str, float]] = []
@@ -467,6 +468,7 @@ async def test_sigterm_drains_a_router_with_zero_client_errors(
                 "voxmesh.router.v1.RouterService/Discover",
                 pb.DiscoverRequest(user_id="drain-user"),
                 token=token,
+                context=tls,
             )
             statuses.append((reply.grpc_status, reply.grpc_message, time.monotonic() - began))
             await asyncio.sleep(0.01)

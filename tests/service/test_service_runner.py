@@ -13,9 +13,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from tests.mesh_pki import client_port_channel, mesh_channel, tls_overrides
 from voxmesh.core.client_auth import issue_token
 from voxmesh.core.domain_errors import InvalidArgument
-from voxmesh.core.service_runner import Registration, ServiceRunner
+from voxmesh.core.service_runner import Exposure, Registration, ServiceRunner
 from voxmesh.core.settings import SERVICE_KINDS, ServiceKind, Settings, load_settings
 from voxmesh.core.unbuilt_rpcs import fill_unbuilt_rpcs
 from voxmesh.notification.v1 import notification_service_pb2 as n_pb
@@ -28,7 +29,7 @@ from voxmesh.stack.components import SERVICE_PROTO_NAMES
 
 @pytest.fixture(scope="module")
 def settings() -> Settings:
-    return load_settings(environ={})
+    return load_settings(environ={}, overrides=tls_overrides())
 
 
 async def _start(kind: ServiceKind, settings: Settings) -> ServiceRunner:
@@ -49,23 +50,36 @@ async def test_each_service_answers_health_and_reflection(
     kind: ServiceKind, settings: Settings
 ) -> None:
     runner = await _start(kind, settings)
+    internal = {
+        "router": "voxmesh.router.v1.RouterPeerService",
+        "header": "voxmesh.header.v1.HeaderService",
+        "body": "voxmesh.body.v1.BodyService",
+        "notification": "voxmesh.notification.v1.NotificationService",
+    }[kind]
+    client = {"voxmesh.router.v1.RouterService"} if kind == "router" else set()
     try:
-        async with grpc.aio.insecure_channel(runner.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            for service in ("", SERVICE_PROTO_NAMES[kind]):
-                reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
-                assert reply.status == health_pb2.HealthCheckResponse.SERVING
-            with pytest.raises(grpc.aio.AioRpcError) as unknown:
-                await health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
-            assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        # Health on both ports (the client port's for probes without a mesh certificate);
+        # each port lists in reflection what it serves, and nothing else.
+        for channel, served in (
+            (client_port_channel(settings, runner.address), client),
+            (mesh_channel(settings, runner.internal_address, kind, "router"), {internal}),
+        ):
+            async with channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                for service in ("", SERVICE_PROTO_NAMES[kind]):
+                    reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+                    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+                with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                    await health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+                assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
-            reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
-            call = reflect.ServerReflectionInfo(
-                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
-            )
-            listed = {s.name async for r in call for s in r.list_services_response.service}
-            assert SERVICE_PROTO_NAMES[kind] in listed
-            assert "grpc.health.v1.Health" in listed
+                reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+                call = reflect.ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+                )
+                listed = {s.name async for r in call for s in r.list_services_response.service}
+                assert {n for n in listed if n.startswith("voxmesh.")} == served
+                assert "grpc.health.v1.Health" in listed
     finally:
         await runner.drain(grace_s=0)
 
@@ -97,7 +111,9 @@ async def test_unbuilt_rpc_answers_unimplemented_with_a_message(settings: Settin
     )
     await runner.start()
     try:
-        async with grpc.aio.insecure_channel(runner.address) as channel:
+        async with mesh_channel(
+            settings, runner.internal_address, "notification", "router"
+        ) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as other:
                 await n_grpc.NotificationServiceStub(channel).ListDevices(n_pb.ListDevicesRequest())
         assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -111,7 +127,7 @@ async def test_unbuilt_rpc_answers_unimplemented_with_a_message(settings: Settin
 async def test_router_and_notification_rpcs_validate_their_input(
     router: ServiceRunner, settings: Settings
 ) -> None:
-    async with grpc.aio.insecure_channel(router.address) as channel:
+    async with client_port_channel(settings, router.address) as channel:
         stub = router_grpc.RouterServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as typing:
             await stub.SetTyping(router_pb.SetTypingRequest(), metadata=_auth(settings))
@@ -126,7 +142,9 @@ async def test_router_and_notification_rpcs_validate_their_input(
 
     notifier = await _start("notification", settings)
     try:
-        async with grpc.aio.insecure_channel(notifier.address) as channel:
+        async with mesh_channel(
+            settings, notifier.internal_address, "notification", "router"
+        ) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as listing:
                 await n_grpc.NotificationServiceStub(channel).ListDevices(n_pb.ListDevicesRequest())
         assert listing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -136,7 +154,7 @@ async def test_router_and_notification_rpcs_validate_their_input(
 
 
 async def test_client_calls_need_a_valid_token(router: ServiceRunner, settings: Settings) -> None:
-    async with grpc.aio.insecure_channel(router.address) as channel:
+    async with client_port_channel(settings, router.address) as channel:
         stub = router_grpc.RouterServiceStub(channel)
         request = router_pb.DiscoverRequest(user_id="alice")
         forged = jwt.encode(
@@ -163,7 +181,7 @@ async def test_client_calls_need_a_valid_token(router: ServiceRunner, settings: 
 async def test_discover_validates_and_answers_this_router(
     router: ServiceRunner, settings: Settings
 ) -> None:
-    async with grpc.aio.insecure_channel(router.address) as channel:
+    async with client_port_channel(settings, router.address) as channel:
         stub = router_grpc.RouterServiceStub(channel)
         reply = await stub.Discover(
             router_pb.DiscoverRequest(user_id="alice"), metadata=_auth(settings)
@@ -181,7 +199,7 @@ async def test_discover_validates_and_answers_this_router(
 async def test_request_id_is_echoed_and_metrics_count_status_codes(
     router: ServiceRunner, settings: Settings
 ) -> None:
-    async with grpc.aio.insecure_channel(router.address) as channel:
+    async with client_port_channel(settings, router.address) as channel:
         stub = router_grpc.RouterServiceStub(channel)
         call = stub.Discover(
             router_pb.DiscoverRequest(user_id="bob"),
@@ -218,6 +236,7 @@ async def test_unexpected_errors_become_internal_without_leaking(settings: Setti
                 "voxmesh.router.v1.RouterService",
                 exploding,
                 router_grpc.add_RouterServiceServicer_to_server,
+                exposure=Exposure.CLIENT,
             )
         ],
         port=0,
@@ -225,7 +244,7 @@ async def test_unexpected_errors_become_internal_without_leaking(settings: Setti
     )
     await runner.start()
     try:
-        async with grpc.aio.insecure_channel(runner.address) as channel:
+        async with client_port_channel(settings, runner.address) as channel:
             stub = router_grpc.RouterServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as internal:
                 await stub.Discover(
@@ -275,6 +294,7 @@ async def test_drain_reports_not_serving_refuses_new_calls_and_finishes_in_fligh
                 "voxmesh.router.v1.RouterService",
                 slow,
                 router_grpc.add_RouterServiceServicer_to_server,
+                exposure=Exposure.CLIENT,
             )
         ],
         port=0,
@@ -282,7 +302,7 @@ async def test_drain_reports_not_serving_refuses_new_calls_and_finishes_in_fligh
         drain_hooks=[leave_ring],
     )
     await runner.start()
-    async with grpc.aio.insecure_channel(runner.address) as channel:
+    async with client_port_channel(settings, runner.address) as channel:
         stub = router_grpc.RouterServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
         watch = health.Watch(
@@ -306,7 +326,7 @@ async def test_drain_reports_not_serving_refuses_new_calls_and_finishes_in_fligh
         assert reply.routers[0].node_id == "slow"
         await asyncio.wait_for(drain, 5)
 
-    async with grpc.aio.insecure_channel(runner.address) as channel:
+    async with client_port_channel(settings, runner.address) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await router_grpc.RouterServiceStub(channel).Discover(
                 router_pb.DiscoverRequest(user_id="a"), timeout=2
@@ -326,7 +346,9 @@ async def test_drain_keeps_serving_until_new_calls_stop_arriving() -> None:
     """Past the drain delay, a server still receiving calls (a proxy that has not seen the
     NOT_SERVING yet) keeps serving them, for at most another delay, instead of stopping
     under them; once they stop it stops."""
-    settings = load_settings(environ={"VOXMESH__ROUTER__DRAIN_DELAY_S": "0.4"})
+    settings = load_settings(
+        environ={"VOXMESH__ROUTER__DRAIN_DELAY_S": "0.4"}, overrides=tls_overrides()
+    )
     runner = ServiceRunner(
         "router",
         settings,
@@ -335,6 +357,7 @@ async def test_drain_keeps_serving_until_new_calls_stop_arriving() -> None:
                 "voxmesh.router.v1.RouterService",
                 _QuickRouter(),  # type: ignore[abstract]
                 router_grpc.add_RouterServiceServicer_to_server,
+                exposure=Exposure.CLIENT,
             )
         ],
         port=0,
@@ -344,7 +367,7 @@ async def test_drain_keeps_serving_until_new_calls_stop_arriving() -> None:
     calling = asyncio.Event()
     calling.set()
     answered: list[str] = []
-    async with grpc.aio.insecure_channel(runner.address) as channel:
+    async with client_port_channel(settings, runner.address) as channel:
         stub = router_grpc.RouterServiceStub(channel)
 
         async def keep_calling() -> None:

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests import grpc_web
 from tests.conftest import require_spanner_emulator
+from tests.mesh_pki import client_port_channel, mesh_channel
 from tests.ports import stack_overrides
 from voxmesh.core.client_auth import issue_token
 from voxmesh.core.settings import SERVICE_KINDS, Settings, load_settings
@@ -49,16 +50,21 @@ async def test_each_service_answers_health_over_a_real_channel(
     local_stack: LocalStack, kind: str
 ) -> None:
     settings = local_stack.settings
-    port = getattr(settings, kind).port
-    async with grpc.aio.insecure_channel(f"{settings.host}:{port}") as channel:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=SERVICE_PROTO_NAMES[kind]), timeout=5
-        )
-    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    service = getattr(settings, kind)
+    # The client port (TLS, no client certificate) and the internal port (mutual TLS).
+    for channel in (
+        client_port_channel(settings, f"{settings.host}:{service.port}"),
+        mesh_channel(settings, f"{settings.host}:{service.internal_port}", kind, "router"),
+    ):
+        async with channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE_PROTO_NAMES[kind]), timeout=5
+            )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def _gateway(settings: Settings) -> str:
-    return f"http://{settings.host}:{settings.envoy.port}"
+    return grpc_web.gateway_url(settings)
 
 
 def test_grpc_web_through_envoy_reaches_a_router(local_stack: LocalStack) -> None:
@@ -68,7 +74,9 @@ def test_grpc_web_through_envoy_reaches_a_router(local_stack: LocalStack) -> Non
         "voxmesh.router.v1.RouterService/Discover",
         router_pb.DiscoverRequest(user_id="alice"),
         token=issue_token(settings.auth, "alice"),
+        context=grpc_web.tls_context(settings),
     )
+    assert _gateway(settings).startswith("https://")  # the tests' stack runs TLS for real
     assert reply.http_status == 200
     assert reply.grpc_status == 0, reply.grpc_message
     assert reply.headers["access-control-allow-origin"] == "http://localhost:3000"
@@ -86,6 +94,7 @@ def test_grpc_web_errors_come_back_with_status_and_message(local_stack: LocalSta
         _gateway(settings),
         "voxmesh.router.v1.RouterService/Discover",
         router_pb.DiscoverRequest(user_id="alice"),
+        context=grpc_web.tls_context(settings),
     )
     assert unauthenticated.grpc_status == grpc.StatusCode.UNAUTHENTICATED.value[0]
     invalid = grpc_web.call(
@@ -93,6 +102,7 @@ def test_grpc_web_errors_come_back_with_status_and_message(local_stack: LocalSta
         "voxmesh.router.v1.RouterService/Discover",
         router_pb.DiscoverRequest(user_id=""),
         token=token,
+        context=grpc_web.tls_context(settings),
     )
     assert invalid.grpc_status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "user_id is required" in invalid.grpc_message
@@ -101,6 +111,7 @@ def test_grpc_web_errors_come_back_with_status_and_message(local_stack: LocalSta
         "voxmesh.router.v1.RouterService/SetTyping",
         router_pb.SetTypingRequest(),
         token=token,
+        context=grpc_web.tls_context(settings),
     )
     assert typing.grpc_status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "thread_id is required" in typing.grpc_message
@@ -119,7 +130,9 @@ def test_cors_preflight_allows_configured_origins_only(local_stack: LocalStack) 
                 "access-control-request-headers": "content-type,x-grpc-web,authorization",
             },
         )
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(
+            request, timeout=5, context=grpc_web.tls_context(settings)
+        ) as response:
             return {k.lower(): v for k, v in response.headers.items()}
 
     allowed = preflight("http://localhost:5173")

@@ -289,7 +289,7 @@ def create_body_service(settings: Settings) -> ServiceParts:
     # The header ring: to mark a message ABANDONED when this node gives up on its body (the
     # sender's router, which would have done it, may be what died).
     membership = RingMembership(settings, ("header",))
-    mesh = MeshClients(settings, membership)
+    mesh = MeshClients(settings, membership, "body")
 
     async def tell_header(kept: BodyStatus) -> None:
         thread_id = kept.thread_id

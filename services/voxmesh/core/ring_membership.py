@@ -1,6 +1,7 @@
 """Ring membership in etcd: register under a lease, keep it alive, watch every ring.
 
-Each process puts ``<prefix>/members/<kind>/<node>`` = {"address", "zone"} under its own
+Each process puts ``<prefix>/members/<kind>/<node>`` = {"address", "zone", "internal_address"}
+(client port, zone, internal mutual-TLS port) under its own
 lease and refreshes the lease; if the process dies or stops (SIGSTOP), the lease expires and
 etcd deletes the key, so every watcher drops the member. Watchers keep one HashRing per kind.
 On an etcd restart or a lost connection the member registers again with a new lease and
@@ -32,8 +33,14 @@ _RETRY_S = 0.5
 class Member:
     kind: str
     node_id: str
-    address: str
+    address: str  # the client port (what devices are sent to)
     zone: str
+    # The internal port (mutual TLS): where other mesh processes call it.
+    internal_address: str = ""
+
+    @property
+    def mesh_address(self) -> str:
+        return self.internal_address or self.address
 
 
 def members_prefix(settings: Settings, kind: str = "") -> bytes:
@@ -59,6 +66,10 @@ class RingMembership:
         self._listeners: list[Callable[[str], None]] = []
 
     # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return self._kinds
 
     def ring(self, kind: str) -> HashRing:
         return self._rings[kind]
@@ -137,7 +148,9 @@ class RingMembership:
     async def _keep_registered(self, me: Member) -> None:
         assert self._client is not None
         key = members_prefix(self._settings, me.kind) + me.node_id.encode()
-        value = json.dumps({"address": me.address, "zone": me.zone}).encode()
+        value = json.dumps(
+            {"address": me.address, "zone": me.zone, "internal_address": me.internal_address}
+        ).encode()
         ttl = self._settings.rings.lease_ttl_s
         while not self._leaving:
             try:
@@ -176,7 +189,13 @@ class RingMembership:
         node_id = key.decode().rsplit("/", 1)[-1]
         try:
             data = json.loads(value)
-            return Member(kind, node_id, str(data["address"]), str(data.get("zone", "")))
+            return Member(
+                kind,
+                node_id,
+                str(data["address"]),
+                str(data.get("zone", "")),
+                str(data.get("internal_address", "")),
+            )
         except (ValueError, KeyError, TypeError):
             _log.warning("ignoring malformed member record", key=key.decode())
             return None

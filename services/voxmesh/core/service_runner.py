@@ -1,13 +1,18 @@
-"""One runner for every voxmesh service: a grpc.aio server with the shared machinery.
+"""One runner for every voxmesh service: grpc.aio servers with the shared machinery.
 
-Health checking, reflection, a Prometheus endpoint, the interceptors, bounded concurrency and
-graceful drain on SIGTERM: NOT_SERVING first, then stop accepting, let streams finish within
-the grace period, exit.
+Two ports per process, each its own grpc server: the **client port** serves the services
+registered as ``Exposure.CLIENT`` (RouterService) plus health and reflection, over TLS (or
+plaintext where ``tls.client_plaintext`` allows it: local only); the **internal port** serves
+the mesh services over mutual TLS, each call's caller checked against the one table in
+``mesh_identity``. Health checking, reflection, a Prometheus endpoint, the interceptors,
+bounded concurrency and graceful drain on SIGTERM: NOT_SERVING first, then stop accepting,
+let streams finish within the grace period, exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,6 +25,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from voxmesh.core.dynamic_config import DynamicSettings, SettingsListener
+from voxmesh.core.mesh_identity import CallerIdentityInterceptor
+from voxmesh.core.mesh_tls import ReloadingTls, client_port_files, mesh_files
 from voxmesh.core.ring_membership import Member, RingMembership
 from voxmesh.core.rpc_interceptors import (
     ErrorMappingInterceptor,
@@ -36,6 +43,13 @@ _log = get_logger(__name__)
 _DRAIN_QUIET_S = 0.5
 
 
+class Exposure(enum.Enum):
+    """Which port serves a service."""
+
+    CLIENT = "client"  # the client port: users (through Envoy or directly), TLS
+    INTERNAL = "internal"  # the internal port: mesh processes only, mutual TLS
+
+
 @dataclass(frozen=True)
 class Registration:
     """A servicer and the generated function that adds it to a server."""
@@ -44,6 +58,7 @@ class Registration:
     servicer: object
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     public: bool = True  # reported by health under its own name
+    exposure: Exposure = Exposure.INTERNAL
 
 
 DrainHook = Callable[[], Awaitable[None]]
@@ -75,6 +90,8 @@ class ServiceRunner:
     registrations: Sequence[Registration]
     port: int | None = None  # None: the configured port; 0: any free port (tests)
     metrics_port: int | None = None
+    # None: the configured internal port, or any free port when ``port`` is 0.
+    internal_port: int | None = None
     drain_hooks: list[DrainHook] = field(default_factory=list)
     started_hooks: list[StartedHook] = field(default_factory=list)
     startup_hooks: list[LifecycleHook] = field(default_factory=list)
@@ -91,36 +108,41 @@ class ServiceRunner:
 
     def __post_init__(self) -> None:
         self._server: grpc.aio.Server | None = None
+        self._internal_server: grpc.aio.Server | None = None
+        self.mesh_tls: ReloadingTls | None = None  # this process's identity, once started
         # The grpc stubs predate grpc_health's asyncio servicer.
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._metrics_server: Any = None
         self._stopped = asyncio.Event()
         self.bound_port = 0
+        self.bound_internal_port = 0
         self.bound_metrics_port = 0
         self._metrics = MetricsInterceptor(self.kind)
-        self.address = ""
+        self.address = ""  # the client port
+        self.internal_address = ""
         self.node_id = ""
 
     @property
     def service_names(self) -> list[str]:
         return [r.service_name for r in self.registrations]
 
-    async def start(self) -> int:
-        service_settings = self.settings.service(self.kind)
-        for startup in self.startup_hooks:
-            await startup()
+    def _grpc_server(
+        self, exposure: Exposure, extra: Sequence[grpc.aio.ServerInterceptor[Any, Any]]
+    ) -> grpc.aio.Server:
+        """A server with the shared interceptors and the services of ``exposure``."""
         limit = self.settings.limits.max_grpc_message_bytes
         server = grpc.aio.server(
             interceptors=[
                 RequestContextInterceptor(),
                 self._metrics,
                 ErrorMappingInterceptor(self.kind),
+                *extra,
                 *self.interceptors,
                 # Innermost: undecodable bytes are refused after authentication.
                 RequestDecodingInterceptor(),
             ],
             # Beyond this grpc answers RESOURCE_EXHAUSTED instead of queueing: bounded work.
-            maximum_concurrent_rpcs=service_settings.max_concurrent_rpcs,
+            maximum_concurrent_rpcs=self.settings.service(self.kind).max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -130,17 +152,55 @@ class ServiceRunner:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )
-        for registration in self.registrations:
+        served = [r for r in self.registrations if r.exposure is exposure]
+        for registration in served:
             registration.add_to_server(registration.servicer, server)
+        # One health servicer on both ports: the client port reports the internal services'
+        # health too (for probes that hold no mesh certificate).
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            [*(r.service_name for r in served), health.SERVICE_NAME, reflection.SERVICE_NAME],
+            server,
+        )
+        return server
+
+    def _bind(self, server: grpc.aio.Server, port: int, credentials: Any) -> int:
+        address = f"{self.settings.host}:{port}"
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
+        if bound == 0:
+            raise OSError(f"cannot bind {address}: the port is in use or the host is wrong")
+        return bound
+
+    def _credentials(self) -> tuple[grpc.ServerCredentials | None, grpc.ServerCredentials]:
+        """(client port, internal port) credentials; certificate files are re-read on change."""
+        tls = self.settings.tls
+        self.mesh_tls = ReloadingTls(mesh_files(self.settings, self.kind), tls.reload_check_s)
+        internal = self.mesh_tls.server_credentials(require_client_auth=True)
+        if tls.client_plaintext:
+            return None, internal
+        files = client_port_files(self.settings, self.kind)
+        own = files.cert_file == self.mesh_tls.files.cert_file
+        client_tls = self.mesh_tls if own else ReloadingTls(files, tls.reload_check_s)
+        return client_tls.server_credentials(require_client_auth=False), internal
+
+    async def start(self) -> int:
+        service_settings = self.settings.service(self.kind)
+        client_credentials, internal_credentials = self._credentials()
+        for startup in self.startup_hooks:
+            await startup()
+        server = self._grpc_server(Exposure.CLIENT, [])
+        internal_server = self._grpc_server(
+            Exposure.INTERNAL, [CallerIdentityInterceptor(self.settings.tls.trust_domain)]
         )
         port = service_settings.port if self.port is None else self.port
-        address = f"{self.settings.host}:{port}"
-        self.bound_port = server.add_insecure_port(address)
-        if self.bound_port == 0:
-            raise OSError(f"cannot bind {address}: the port is in use or the host is wrong")
+        internal_port = self.internal_port
+        if internal_port is None:
+            internal_port = 0 if self.port == 0 else service_settings.internal_port
+        self.bound_port = self._bind(server, port, client_credentials)
+        self.bound_internal_port = self._bind(internal_server, internal_port, internal_credentials)
         metrics_port = (
             service_settings.metrics_port if self.metrics_port is None else self.metrics_port
         )
@@ -149,15 +209,20 @@ class ServiceRunner:
         )
         self.bound_metrics_port = self._metrics_server.server_port
         self.address = f"{self.settings.host}:{self.bound_port}"
+        self.internal_address = f"{self.settings.host}:{self.bound_internal_port}"
         self.node_id = f"{self.kind}-{self.settings.host}-{self.bound_port}"
         for hook in self.started_hooks:
             hook(self.node_id, self.address)
+        await internal_server.start()
+        self._internal_server = internal_server
         await server.start()
         self._server = server
         for name in ["", *self.service_names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.membership is not None:
-            me = Member(self.kind, self.node_id, self.address, self.settings.zone)
+            me = Member(
+                self.kind, self.node_id, self.address, self.settings.zone, self.internal_address
+            )
             await self.membership.start(me if self.register_in_ring else None)
         if self.dynamic is not None:
             for listener in self.settings_listeners:
@@ -167,7 +232,9 @@ class ServiceRunner:
             "serving",
             kind=self.kind,
             port=self.bound_port,
+            internal_port=self.bound_internal_port,
             metrics_port=self.bound_metrics_port,
+            client_tls=not self.settings.tls.client_plaintext,
             services=self.service_names,
         )
         return self.bound_port
@@ -195,7 +262,10 @@ class ServiceRunner:
                 if quiet_for >= _DRAIN_QUIET_S:
                     break
                 await asyncio.sleep(min(_DRAIN_QUIET_S - quiet_for, deadline - time.monotonic()))
-        await self._server.stop(grace)
+        stopping = [self._server.stop(grace)]
+        if self._internal_server is not None:
+            stopping.append(self._internal_server.stop(grace))
+        await asyncio.gather(*stopping)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -81,7 +81,10 @@ class LogSettings:
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
 class ServiceSettings:
+    # Client port: RouterService on routers; health and reflection on every process.
     port: Port
+    # Internal port: mesh services over mutual TLS (router peers, header, body, notification).
+    internal_port: Port
     metrics_port: Annotated[int, pydantic.Field(ge=0, le=65535)]
     max_concurrent_rpcs: Annotated[int, pydantic.Field(gt=0)]
     # Calls and streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_
@@ -93,6 +96,10 @@ class ServiceSettings:
     drain_delay_s: Annotated[float, pydantic.Field(ge=0)]
     # Processes of this kind in the local stack; instance i listens on port + 10·i.
     instances: Annotated[int, pydantic.Field(ge=1, le=9)]
+
+    def instance_internal_port(self, index: int) -> int:
+        """Internal (mutual TLS) port of instance ``index`` (0-based) in the local stack."""
+        return self.internal_port + INSTANCE_PORT_STRIDE * index
 
     def instance_ports(self, index: int) -> tuple[int, int]:
         """(gRPC port, metrics port) of instance ``index`` (0-based) in the local stack."""
@@ -238,6 +245,22 @@ class WebRtcSettings:
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class TlsSettings:
+    trust_domain: Annotated[str, pydantic.Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")]
+    client_plaintext: bool
+    cert_dir: str
+    ca_file: str
+    cert_file: str
+    key_file: str
+    client_cert_file: str
+    client_key_file: str
+    client_ca_file: str
+    gateway_cert_file: str
+    gateway_key_file: str
+    reload_check_s: Annotated[float, pydantic.Field(gt=0)]
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
 class Settings:
     environment: str
     host: str
@@ -259,6 +282,7 @@ class Settings:
     stores: StoreSettings
     body_store: BodyStoreSettings
     auth: AuthSettings
+    tls: TlsSettings
     updates: UpdatesSettings
     rings: RingSettings
     notification_sender: NotificationSenderSettings
@@ -377,6 +401,11 @@ def load_settings(
     except pydantic.ValidationError as exc:
         raise SettingsError(f"invalid settings: {exc}") from exc
     _check_auth(settings)
+    if settings.environment != "local" and settings.tls.client_plaintext:
+        raise SettingsError(
+            f"environment {settings.environment!r} sets tls.client_plaintext: plaintext client "
+            f"ports are for environment = 'local' only; configure tls.client_cert_file"
+        )
     if not settings.run_dir.is_absolute():
         # A relative run dir is relative to the project root, not to wherever a command runs.
         settings = pydantic.TypeAdapter(Settings).validate_python(

@@ -21,6 +21,7 @@ import grpc
 from voxmesh.common.v1 import body_pb2, device_pb2, message_pb2, thread_pb2, update_pb2
 from voxmesh.core.client_auth import issue_token
 from voxmesh.core.ids import new_uuid7
+from voxmesh.core.mesh_tls import client_channel
 from voxmesh.core.settings import Settings
 from voxmesh.demo.speech_audio import OggPage, encode_ogg_opus, ogg_duration_s, synthesize
 from voxmesh.notification.webhook_receiver import WebhookReceiver
@@ -103,7 +104,7 @@ async def run_demo(
     suffix = secrets.token_hex(3)
     address = f"{settings.host}:{settings.router.port}"
     files: dict[str, Path] = {}
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with client_channel(settings, address) as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         people = {
             name: Participant(
@@ -119,7 +120,7 @@ async def run_demo(
         for person in people.values():
             # Each user's devices connect to the user's home router (Discover on any router).
             found = await person.call("Discover", pb.DiscoverRequest(user_id=person.user_id))
-            home = grpc.aio.insecure_channel(found.routers[0].address)
+            home = client_channel(settings, found.routers[0].address)
             homes.append(home)
             person.stub = pb_grpc.RouterServiceStub(home)
             say(f"{person.name}'s home router: {found.routers[0].node_id}")

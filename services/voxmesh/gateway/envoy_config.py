@@ -3,6 +3,10 @@
 Browsers speak gRPC-web over HTTP/1.1 or HTTP/2; Envoy translates to gRPC (HTTP/2) for the
 routers. Filter order matters: grpc_web, then cors, then router. Long-lived streams (the
 updates stream) need the route timeout disabled, or Envoy cuts them after 15 s.
+
+TLS on both sides unless ``tls.client_plaintext`` (local only): the listener presents the
+gateway certificate, and Envoy reaches the routers' client ports over TLS, trusting the
+client CA bundle (ALPN h2, which grpc servers require).
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 
-from voxmesh.core.settings import Settings
+from voxmesh.core.mesh_tls import client_ca_file, gateway_files
+from voxmesh.core.settings import Settings, config_dir
 
 ROUTER_SERVICE = "voxmesh.router.v1.RouterService"
 _TYPES = "type.googleapis.com/envoy.extensions"
@@ -71,6 +77,46 @@ ALLOW_HEADERS = "content-type,x-grpc-web,x-user-agent,grpc-timeout,authorization
 EXPOSE_HEADERS = "grpc-status,grpc-message,grpc-status-details-bin,x-request-id"
 
 
+def _file(path: Path) -> dict[str, str]:
+    """A file data source; paths inside the project are written relative to its root."""
+    root = config_dir().resolve().parent
+    try:
+        return {"filename": str(path.resolve().relative_to(root))}
+    except ValueError:
+        return {"filename": str(path)}
+
+
+def _transport_sockets(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(listener, upstream) TLS transport sockets."""
+    gateway = gateway_files(settings)
+    listener = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": f"{_TYPES}.transport_sockets.tls.v3.DownstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificates": [
+                    {
+                        "certificate_chain": _file(gateway.cert_file),
+                        "private_key": _file(gateway.key_file),
+                    }
+                ],
+                "alpn_protocols": ["h2", "http/1.1"],
+            },
+        },
+    }
+    upstream = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": f"{_TYPES}.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "validation_context": {"trusted_ca": _file(client_ca_file(settings))},
+                "alpn_protocols": ["h2"],
+            },
+        },
+    }
+    return listener, upstream
+
+
 def render_envoy_config(
     settings: Settings, routers: Sequence[tuple[str, int]] | None = None
 ) -> dict[str, Any]:
@@ -78,6 +124,12 @@ def render_envoy_config(
     if routers is None:
         routers = [(settings.host, settings.router.port)]
     host = settings.host
+    tls_listener: dict[str, Any] = {}
+    tls_upstream: dict[str, Any] = {}
+    if not settings.tls.client_plaintext:
+        listener_socket, upstream_socket = _transport_sockets(settings)
+        tls_listener = {"transport_socket": listener_socket}
+        tls_upstream = {"transport_socket": upstream_socket}
     cors_policy = {
         "@type": f"{_TYPES}.filters.http.cors.v3.CorsPolicy",
         "allow_origin_string_match": [
@@ -176,7 +228,8 @@ def render_envoy_config(
                                     "name": "envoy.filters.network.http_connection_manager",
                                     "typed_config": http_connection_manager,
                                 }
-                            ]
+                            ],
+                            **tls_listener,
                         }
                     ],
                 }
@@ -187,6 +240,7 @@ def render_envoy_config(
                     "type": "STATIC",
                     "connect_timeout": "1s",
                     "lb_policy": "ROUND_ROBIN",
+                    **tls_upstream,
                     "typed_extension_protocol_options": {
                         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                             "@type": f"{_TYPES}.upstreams.http.v3.HttpProtocolOptions",

@@ -105,7 +105,7 @@ class NotificationSender(pb_grpc.NotificationServiceServicer):
         # Header nodes from the header ring (any one serves any thread; the thread's home
         # first); channels are made lazily, in the serving loop.
         self.membership = RingMembership(settings, ("header",))
-        self._mesh = MeshClients(settings, self.membership)
+        self._mesh = MeshClients(settings, self.membership, "notification")
         self.registry = DeviceRegistry(self._redis)
         self.unread = UnreadCounts(
             self._redis,

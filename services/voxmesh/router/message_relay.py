@@ -144,7 +144,7 @@ class MessageRelay:
                 continue
             exclude = skip_device[1] if skip_device and skip_device[0] in users else ""
             self._links.send(
-                member.address,
+                member.mesh_address,
                 peer_pb.RelayEntry(
                     user_ids=users, event=payload, exclude_device_id=exclude, ephemeral=ephemeral
                 ),

@@ -22,7 +22,7 @@ from voxmesh.core.ids import new_uuid7, require_id
 from voxmesh.core.mesh_clients import RING_KINDS, MeshClients
 from voxmesh.core.ring_membership import RingMembership
 from voxmesh.core.rpc_interceptors import FieldCheckInterceptor
-from voxmesh.core.service_runner import Registration, ServiceParts
+from voxmesh.core.service_runner import Exposure, Registration, ServiceParts
 from voxmesh.core.settings import Settings
 from voxmesh.core.structured_logging import get_logger
 from voxmesh.header.v1 import header_service_pb2 as header_pb
@@ -57,7 +57,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self._self = pb.RouterNode(zone=settings.zone)
         self.hub = DeviceHub(settings.updates.queue_max)
         self.limits = RateLimiter(settings.rate_limits)
-        self._mesh = MeshClients(settings, membership)
+        self._mesh = MeshClients(settings, membership, "router")
         self._links = PeerLinks(self._mesh)
         self.relay = MessageRelay(settings, self.hub, self._mesh, self._links)
         self._updates = UpdatesStreamer(settings.updates, self.hub, self._mesh)
@@ -829,6 +829,7 @@ def create_router_service(settings: Settings) -> ServiceParts:
                 ROUTER_SERVICE,
                 router,
                 pb_grpc.add_RouterServiceServicer_to_server,
+                exposure=Exposure.CLIENT,
             ),
             Registration(
                 "voxmesh.router.v1.RouterPeerService",

@@ -114,7 +114,7 @@ class PushNotices:
 
     def _stub(self, user_id: str) -> tuple[str, n_grpc.NotificationServiceAsyncStub]:
         address = self._mesh.candidates("notification", user_id)[0]
-        return address, n_grpc.NotificationServiceStub(self._mesh.channel(address))
+        return address, n_grpc.NotificationServiceStub(self._mesh.channel(address, "notification"))
 
     async def _call(self, method: str, key: str, request: Any) -> Any:
         address, stub = self._stub(key)

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from voxmesh.core.settings import SERVICE_KINDS, Settings
+from voxmesh.core.mesh_tls import cert_dir, client_ca_file
+from voxmesh.core.settings import SERVICE_KINDS, ServiceKind, Settings
 from voxmesh.stack import binaries, readiness
 from voxmesh.stack.readiness import ProbeResult
 
@@ -93,6 +94,39 @@ def emulator_env(settings: Settings) -> dict[str, str]:
 def instance_name(kind: str, index: int) -> str:
     """``router`` for the first instance, ``router-2``, ``router-3`` … for the others."""
     return kind if index == 0 else f"{kind}-{index + 1}"
+
+
+def node_id(settings: Settings, kind: str, port: int) -> str:
+    """What a service process calls itself (ServiceRunner: kind, host, client port)."""
+    return f"{kind}-{settings.host}-{port}"
+
+
+def instance_cert_files(settings: Settings, kind: ServiceKind, index: int) -> tuple[Path, Path]:
+    """(certificate, key) of a service instance, as `voxmesh up` issues them."""
+    directory = cert_dir(settings)
+    name = instance_name(kind, index)
+    return directory / f"{name}.pem", directory / f"{name}-key.pem"
+
+
+def issue_local_certificates(settings: Settings) -> None:
+    """The local CA (kept while valid) and fresh certificates for every process and Envoy."""
+    from voxmesh.core.local_pki import LocalCA
+
+    directory = cert_dir(settings)
+    ca = LocalCA(directory)
+    hosts = tuple(dict.fromkeys((settings.host, "127.0.0.1", "localhost")))
+    trust_domain = settings.tls.trust_domain
+    for kind in SERVICE_KINDS:
+        service = settings.service(kind)
+        for index in range(service.instances):
+            ca.issue(
+                instance_name(kind, index),
+                kind=kind,
+                node=node_id(settings, kind, service.instance_ports(index)[0]),
+                trust_domain=trust_domain,
+                hosts=hosts,
+            )
+    ca.issue("gateway", kind=None, hosts=hosts)
 
 
 def router_addresses(settings: Settings) -> list[tuple[str, int]]:
@@ -186,10 +220,13 @@ def plan_stack(settings: Settings, paths: StackPaths) -> list[Component]:
                 probe=lambda: readiness.http_get(f"http://{host}:{gcs.port}/storage/v1/b"),
             ),
         ]
+    probe_ca = None if settings.tls.client_plaintext else client_ca_file(settings)
     for kind in SERVICE_KINDS:
         service = settings.service(kind)
         for index in range(service.instances):
             port, metrics_port = service.instance_ports(index)
+            internal_port = service.instance_internal_port(index)
+            cert_file, key_file = instance_cert_files(settings, kind, index)
             components.append(
                 Component(
                     name=instance_name(kind, index),
@@ -204,14 +241,27 @@ def plan_stack(settings: Settings, paths: StackPaths) -> list[Component]:
                         kind,
                         "--port",
                         str(port),
+                        "--internal-port",
+                        str(internal_port),
                         "--metrics-port",
                         str(metrics_port),
                     ),
-                    ports=(("grpc", port), ("metrics", metrics_port)),
+                    ports=(("grpc", port), ("internal", internal_port), ("metrics", metrics_port)),
+                    # On the client port (health only on non-routers): the probe holds no
+                    # mesh certificate, only the CA to check the server's.
                     probe=functools.partial(
-                        readiness.grpc_health, host, port, SERVICE_PROTO_NAMES[kind]
+                        readiness.grpc_health,
+                        host,
+                        port,
+                        SERVICE_PROTO_NAMES[kind],
+                        ca_file=probe_ca,
                     ),
-                    env={**emulator_env(settings), "PYTHONUNBUFFERED": "1"},
+                    env={
+                        **emulator_env(settings),
+                        "PYTHONUNBUFFERED": "1",
+                        "VOXMESH__TLS__CERT_FILE": str(cert_file),
+                        "VOXMESH__TLS__KEY_FILE": str(key_file),
+                    },
                 )
             )
     components.append(

@@ -29,7 +29,13 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from voxmesh.core.settings import Settings
 from voxmesh.gateway.envoy_config import render_envoy_yaml
-from voxmesh.stack.components import Component, StackPaths, plan_stack, router_addresses
+from voxmesh.stack.components import (
+    Component,
+    StackPaths,
+    issue_local_certificates,
+    plan_stack,
+    router_addresses,
+)
 from voxmesh.stack.readiness import ProbeResult, port_is_free
 
 
@@ -187,6 +193,7 @@ class LocalStack:
             directory.mkdir(parents=True, exist_ok=True)
         settings_json = pydantic.TypeAdapter(Settings).dump_python(self.settings, mode="json")
         self.paths.settings_file.write_text(json.dumps(settings_json, indent=2))
+        issue_local_certificates(self.settings)
         self.paths.envoy_config.write_text(
             render_envoy_yaml(self.settings, router_addresses(self.settings))
         )

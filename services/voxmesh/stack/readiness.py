@@ -6,6 +6,7 @@ import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -48,8 +49,25 @@ def grpc_connects(host: str, port: int, timeout_s: float = 1.0) -> ProbeResult:
     return ProbeResult(True, "gRPC channel ready")
 
 
-def grpc_health(host: str, port: int, service: str = "", timeout_s: float = 1.0) -> ProbeResult:
-    with grpc.insecure_channel(f"{host}:{port}") as channel:
+def _channel(address: str, ca_file: Path | None) -> grpc.Channel:
+    if ca_file is None:
+        return grpc.insecure_channel(address)
+    try:
+        roots = ca_file.read_bytes()
+    except OSError:
+        roots = b""  # not written yet: the handshake fails and the probe says so
+    return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=roots))
+
+
+def grpc_health(
+    host: str,
+    port: int,
+    service: str = "",
+    timeout_s: float = 1.0,
+    ca_file: Path | None = None,
+) -> ProbeResult:
+    """Health of a gRPC server; over TLS trusting ``ca_file`` when given."""
+    with _channel(f"{host}:{port}", ca_file) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
