@@ -24,6 +24,7 @@ from tests.identity.oidc_servers import (
     serve_jwks,
     unsigned_token,
 )
+from tests.mesh_pki import client_port_channel, tls_overrides
 from voxmesh.core.client_auth import OidcTokenVerifier, issue_token
 from voxmesh.core.domain_errors import Unauthenticated, Unavailable
 from voxmesh.core.service_runner import ServiceRunner
@@ -48,7 +49,8 @@ def _settings(issuer: str, **auth: Any) -> Settings:
             "audience": AUDIENCE,
             "jwks_min_refetch_s": 1.0,
             **auth,
-        }
+        },
+        **tls_overrides(),
     }
     return load_settings(environ={}, overrides=overrides)
 
@@ -243,7 +245,7 @@ async def oidc_router(jwks: JwksServer) -> AsyncIterator[ServiceRunner]:
 
 
 async def _discover(router: ServiceRunner, token: str) -> grpc.StatusCode:
-    async with grpc.aio.insecure_channel(router.address) as channel:
+    async with client_port_channel(router.settings, router.address) as channel:
         stub = router_grpc.RouterServiceStub(channel)
         try:
             await stub.Discover(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
@@ -384,3 +385,25 @@ async def test_drain_keeps_serving_until_new_calls_stop_arriving() -> None:
         await asyncio.wait_for(caller, 5)  # every call answered, none cancelled
         await asyncio.wait_for(drain, 5)
     assert len(answered) > 10 and set(answered) == {"quick"}
+
+
+async def test_healthz_on_the_metrics_port_follows_serving_and_draining() -> None:
+    """Kubernetes' probes hold no mesh certificate: plain HTTP health on the metrics port."""
+    settings = load_settings(
+        environ={"VOXMESH__HEADER__DRAIN_DELAY_S": "1.0"}, overrides=tls_overrides()
+    )
+    runner = await _start("header", settings)
+    url = f"http://127.0.0.1:{runner.bound_metrics_port}/healthz"
+
+    def status() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, response.read().decode().strip()
+        except urllib.error.HTTPError as refused:
+            return refused.code, refused.read().decode().strip()
+
+    assert await asyncio.to_thread(status) == (200, "SERVING")
+    drain = asyncio.ensure_future(runner.drain())
+    await asyncio.sleep(0.3)  # within the drain delay: still listening, no longer serving
+    assert await asyncio.to_thread(status) == (503, "NOT_SERVING")
+    await asyncio.wait_for(drain, 10)

@@ -69,3 +69,16 @@ def test_invalid_values_name_the_key(environ: dict[str, str], fragment: str) -> 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="config file not found"):
         load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_plaintext_client_ports_only_in_local() -> None:
+    production = {
+        "VOXMESH__ENVIRONMENT": "prod",
+        "VOXMESH__AUTH__PROVIDER": "oidc",
+        "VOXMESH__AUTH__ISSUER": "https://securetoken.google.com/voxmesh-prod",
+        "VOXMESH__AUTH__AUDIENCE": "voxmesh-prod",
+    }
+    assert load_settings(environ=production).tls.client_plaintext is False
+    with pytest.raises(SettingsError, match=r"tls\.client_plaintext"):
+        load_settings(environ={**production, "VOXMESH__TLS__CLIENT_PLAINTEXT": "true"})
+    assert load_settings(environ={"VOXMESH__TLS__CLIENT_PLAINTEXT": "true"}).tls.client_plaintext

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import prometheus_client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from voxmesh.core.dynamic_config import DynamicSettings, SettingsListener
 from voxmesh.core.mesh_identity import CallerIdentityInterceptor
 from voxmesh.core.mesh_tls import ReloadingTls, client_port_files, mesh_files
+from voxmesh.core.metrics_endpoint import start_metrics_endpoint
 from voxmesh.core.ring_membership import Member, RingMembership
 from voxmesh.core.rpc_interceptors import (
     ErrorMappingInterceptor,
@@ -113,6 +113,7 @@ class ServiceRunner:
         # The grpc stubs predate grpc_health's asyncio servicer.
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._metrics_server: Any = None
+        self._serving = False  # /healthz on the metrics port
         self._stopped = asyncio.Event()
         self.bound_port = 0
         self.bound_internal_port = 0
@@ -204,8 +205,8 @@ class ServiceRunner:
         metrics_port = (
             service_settings.metrics_port if self.metrics_port is None else self.metrics_port
         )
-        self._metrics_server, _ = prometheus_client.start_http_server(
-            metrics_port, addr=self.settings.host
+        self._metrics_server = start_metrics_endpoint(
+            self.settings.host, metrics_port, lambda: self._serving
         )
         self.bound_metrics_port = self._metrics_server.server_port
         self.address = f"{self.settings.host}:{self.bound_port}"
@@ -219,6 +220,7 @@ class ServiceRunner:
         self._server = server
         for name in ["", *self.service_names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
         if self.membership is not None:
             me = Member(
                 self.kind, self.node_id, self.address, self.settings.zone, self.internal_address
@@ -250,6 +252,7 @@ class ServiceRunner:
         for hook in self.drain_hooks:
             await hook()
         await self._health.enter_graceful_shutdown()
+        self._serving = False
         delay = self.settings.service(self.kind).drain_delay_s if grace_s is None else 0.0
         if delay:
             # Still serving: Envoy's health checks and the rings' watchers move callers away.
