@@ -259,6 +259,9 @@ def plan_stack(settings: Settings, paths: StackPaths) -> list[Component]:
                     env={
                         **emulator_env(settings),
                         "PYTHONUNBUFFERED": "1",
+                        # grpc core logs each failed TLS handshake at INFO (a line per junk
+                        # connection, not JSON): errors only.
+                        "GRPC_VERBOSITY": "ERROR",
                         "VOXMESH__TLS__CERT_FILE": str(cert_file),
                         "VOXMESH__TLS__KEY_FILE": str(key_file),
                     },
