@@ -14,8 +14,9 @@ import structlog
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor
 
+from tests.mesh_pki import client_port_channel, mesh_channel, tls_overrides
 from voxmesh.core.client_auth import issue_token
-from voxmesh.core.service_runner import ServiceRunner
+from voxmesh.core.service_runner import Exposure, ServiceRunner
 from voxmesh.core.settings import SERVICE_KINDS, ServiceKind, Settings, load_settings
 from voxmesh.service_registry import build_runner
 
@@ -27,13 +28,20 @@ FLOOD = 300
 def settings() -> Settings:
     # The flood below is about log lines; the per-user call limit would cut it short first
     # (rate limits have their own tests).
-    return load_settings(environ={}, overrides={"rate_limits": {"enabled": False}})
+    return load_settings(
+        environ={}, overrides={"rate_limits": {"enabled": False}, **tls_overrides()}
+    )
 
 
 def _methods(runner: ServiceRunner) -> list[MethodDescriptor]:
     pool = descriptor_pool.Default()
     names = [*runner.service_names, "grpc.health.v1.Health"]
     return [m for name in names for m in pool.FindServiceByName(name).methods]
+
+
+def _internal(runner: ServiceRunner) -> set[str]:
+    """Services on the runner's internal port (called there as a router)."""
+    return {r.service_name for r in runner.registrations if r.exposure is Exposure.INTERNAL}
 
 
 async def _call_raw(
@@ -69,19 +77,28 @@ async def test_every_method_refuses_undecodable_bytes_with_invalid_argument(
     await runner.start()
     metadata = (("authorization", f"Bearer {issue_token(settings.auth, 'alice')}"),)
     try:
-        async with grpc.aio.insecure_channel(runner.address) as channel:
+        internal = mesh_channel(settings, runner.internal_address, kind, "router")
+        async with client_port_channel(settings, runner.address) as channel, internal:
             with caplog.at_level(logging.WARNING), structlog.testing.capture_logs() as lines:
                 methods = _methods(runner)
                 for method in methods:
-                    code = await _call_raw(channel, method, JUNK, metadata)
+                    port = (
+                        internal
+                        if method.containing_service.full_name in _internal(runner)
+                        else channel
+                    )
+                    code = await _call_raw(port, method, JUNK, metadata)
                     assert code == grpc.StatusCode.INVALID_ARGUMENT, method.full_name
                 # A flood on one method: a few lines, not one per request.
                 unary = next(
                     m for m in methods if not m.client_streaming and not m.server_streaming
                 )
+                port = (
+                    internal if unary.containing_service.full_name in _internal(runner) else channel
+                )
                 flood_started = time.monotonic()
                 for _ in range(FLOOD):
-                    code = await _call_raw(channel, unary, JUNK, metadata)
+                    code = await _call_raw(port, unary, JUNK, metadata)
                     assert code == grpc.StatusCode.INVALID_ARGUMENT
                 flood_s = time.monotonic() - flood_started
     finally:
@@ -106,7 +123,7 @@ async def test_a_bad_frame_mid_stream_ends_the_stream_with_invalid_argument(
     await runner.start()
     metadata = (("authorization", f"Bearer {issue_token(settings.auth, 'alice')}"),)
     try:
-        async with grpc.aio.insecure_channel(runner.address) as channel:
+        async with client_port_channel(settings, runner.address) as channel:
             # No start frame is accepted without a header store; a junk second frame never
             # gets that far, and a junk first frame is refused as such.
             call = channel.stream_stream("/voxmesh.router.v1.RouterService/Send", None, None)(
@@ -127,7 +144,7 @@ async def test_undecodable_bytes_without_a_token_are_unauthenticated(settings: S
     runner = build_runner("router", settings, port=0, metrics_port=0)
     await runner.start()
     try:
-        async with grpc.aio.insecure_channel(runner.address) as channel:
+        async with client_port_channel(settings, runner.address) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await channel.unary_unary("/voxmesh.router.v1.RouterService/Discover", None, None)(
                     JUNK
