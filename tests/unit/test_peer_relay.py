@@ -10,10 +10,12 @@ from typing import Any
 
 import grpc
 
+from tests.mesh_pki import tls_overrides
 from voxmesh.common.v1 import body_pb2, update_pb2
 from voxmesh.core.hash_ring import HashRing
 from voxmesh.core.mesh_clients import MeshClients
-from voxmesh.core.settings import load_settings
+from voxmesh.core.mesh_tls import ReloadingTls, mesh_files
+from voxmesh.core.settings import Settings, load_settings
 from voxmesh.router.device_hub import DeviceHub
 from voxmesh.router.peer_links import PeerLinks
 from voxmesh.router.router_peer import RELAY_WINDOW_FRAMES, RouterPeer
@@ -66,10 +68,17 @@ def test_a_spliced_frame_is_the_frame_protobuf_would_encode() -> None:
     ]
 
 
+def _settings() -> Settings:
+    return load_settings(overrides=tls_overrides())
+
+
 async def _server(servicer: peer_grpc.RouterPeerServiceServicer) -> tuple[grpc.aio.Server, str]:
+    """A router's internal port: mutual TLS with the test certificates, as MeshClients needs."""
     server = grpc.aio.server()
     peer_grpc.add_RouterPeerServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    settings = _settings()
+    tls = ReloadingTls(mesh_files(settings, "router"), settings.tls.reload_check_s)
+    port = server.add_secure_port("127.0.0.1:0", tls.server_credentials(require_client_auth=True))
     await server.start()
     return server, f"127.0.0.1:{port}"
 
@@ -83,13 +92,13 @@ async def _until(predicate: Any, what: str) -> None:
 
 
 async def test_relay_splices_bytes_and_resends_users_that_moved() -> None:
-    settings = load_settings()
+    settings = _settings()
     ring = _Ring({"bob": "target", "carol": "elsewhere"})
     hub = DeviceHub(queue_max=100)
     peer = RouterPeer(hub, ring)  # type: ignore[arg-type]
     peer.bind("target", "")
     server, address = await _server(peer)
-    mesh = MeshClients(settings, ring)  # type: ignore[arg-type]
+    mesh = MeshClients(settings, ring, "router")  # type: ignore[arg-type]
     links = PeerLinks(mesh)
     rerouted: list[tuple[list[str], bytes, str]] = []
     links.reroute = lambda users, entry, source: rerouted.append((users, entry.event, source))
@@ -139,10 +148,10 @@ class _SilentTarget(peer_grpc.RouterPeerServiceServicer):
 
 
 async def test_the_source_keeps_to_the_window_and_coalesces_while_it_is_full() -> None:
-    settings = load_settings()
+    settings = _settings()
     target = _SilentTarget()
     server, address = await _server(target)
-    mesh = MeshClients(settings, _Ring({}))  # type: ignore[arg-type]
+    mesh = MeshClients(settings, _Ring({}), "router")  # type: ignore[arg-type]
     links = PeerLinks(mesh)
     try:
         for index in range(200):  # one entry per loop turn: one frame each while there is room
