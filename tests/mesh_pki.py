@@ -16,7 +16,7 @@ import grpc
 
 from voxmesh.core.local_pki import IssuedFiles, LocalCA
 from voxmesh.core.mesh_identity import MESH_KINDS, server_name
-from voxmesh.core.mesh_tls import cert_dir, client_channel
+from voxmesh.core.mesh_tls import cert_dir, client_channel, client_channel_credentials
 from voxmesh.core.settings import Settings
 
 
@@ -74,3 +74,11 @@ def mesh_channel(
 def client_port_channel(settings: Settings, address: str) -> grpc.aio.Channel:
     """A channel to a client port, as a device or a tool makes it (TLS with the CA)."""
     return client_channel(settings, address, [("grpc.use_local_subchannel_pool", 1)])
+
+
+def client_port_channel_sync(settings: Settings, address: str) -> grpc.Channel:
+    """The blocking-API twin of ``client_port_channel`` (for drivers such as hypothesis)."""
+    credentials = client_channel_credentials(settings)
+    if credentials is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, credentials)

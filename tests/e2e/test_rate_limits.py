@@ -16,6 +16,7 @@ import pytest
 from tests.voxmesh_client import Device, collect_updates, send_voice, uuid7, voice_chunks
 from voxmesh.common.v1 import thread_pb2
 from voxmesh.core.client_auth import issue_token
+from voxmesh.core.mesh_tls import client_ca_file
 from voxmesh.router.v1 import router_service_pb2 as pb
 from voxmesh.stack.local_stack import LocalStack
 
@@ -122,6 +123,7 @@ async def test_a_flooding_client_is_limited_and_live_audio_does_not_suffer(
             flood_thread,
             "mallory-phone",
             "5",
+            "" if settings.tls.client_plaintext else str(client_ca_file(settings)),
             stdout=asyncio.subprocess.PIPE,
         )
         await asyncio.sleep(1.0)  # the flood is running

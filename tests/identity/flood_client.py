@@ -1,7 +1,9 @@
 """A hostile client in its own process: floods a router with calls and chunks, ignoring every
 RESOURCE_EXHAUSTED and its retry delay, then prints what it got as JSON.
 
-    python -m tests.identity.flood_client ADDRESS TOKEN THREAD_ID DEVICE_ID SECONDS
+    python -m tests.identity.flood_client ADDRESS TOKEN THREAD_ID DEVICE_ID SECONDS [CA_FILE]
+
+With CA_FILE the router's client port is reached over TLS trusting it (plaintext without).
 """
 
 from __future__ import annotations
@@ -25,7 +27,17 @@ from voxmesh.router.v1 import router_service_pb2_grpc as pb_grpc
 PAUSE_S = 0.01
 
 
-async def flood(address: str, token: str, thread_id: str, device_id: str, seconds: float) -> None:
+def _channel(address: str, ca_file: str) -> grpc.aio.Channel:
+    if not ca_file:
+        return grpc.aio.insecure_channel(address)
+    with open(ca_file, "rb") as fh:
+        credentials = grpc.ssl_channel_credentials(root_certificates=fh.read())
+    return grpc.aio.secure_channel(address, credentials)
+
+
+async def flood(
+    address: str, token: str, thread_id: str, device_id: str, seconds: float, ca_file: str = ""
+) -> None:
     metadata = (("authorization", f"Bearer {token}"),)
     codes: collections.Counter[str] = collections.Counter()
     retry_info = 0
@@ -45,7 +57,7 @@ async def flood(address: str, token: str, thread_id: str, device_id: str, second
         if any(k == "grpc-status-details-bin" for k, _ in trailers or ()):  # type: ignore[attr-defined]
             retry_info += 1
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with _channel(address, ca_file) as channel:
         stub = pb_grpc.RouterServiceStub(channel)
 
         async def calls() -> None:
@@ -93,4 +105,5 @@ async def flood(address: str, token: str, thread_id: str, device_id: str, second
 
 if __name__ == "__main__":
     address, token, thread_id, device_id, seconds = sys.argv[1:6]
-    uvloop.run(flood(address, token, thread_id, device_id, float(seconds)))
+    ca_file = sys.argv[6] if len(sys.argv) > 6 else ""
+    uvloop.run(flood(address, token, thread_id, device_id, float(seconds), ca_file))

@@ -15,6 +15,8 @@ import httpx
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from tests.grpc_web import gateway_url, tls_context
+from tests.mesh_pki import client_port_channel, tls_overrides
 from tests.ports import free_port
 from voxmesh.core.client_auth import issue_token
 from voxmesh.core.service_runner import ServiceRunner
@@ -40,6 +42,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[tuple[str, Settings]]:
                 "requests_per_ip_burst": 5,
             },
             "rate_limits": {"enabled": False},  # only the gateway limits here
+            **tls_overrides(),
         },
     )
     router: ServiceRunner = build_runner("router", settings, port=0, metrics_port=0)
@@ -55,7 +58,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[tuple[str, Settings]]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    base = f"http://127.0.0.1:{settings.envoy.port}"
+    base = gateway_url(settings)  # https: the listener speaks TLS
     try:
         async with httpx.AsyncClient() as http:
             for _ in range(100):  # ready, and the router healthy behind it
@@ -114,8 +117,13 @@ async def test_each_client_address_has_its_own_bucket_with_retry_info(
 ) -> None:
     base, settings = gateway
     token = issue_token(settings.auth, "alice")
-    flooding = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address="127.0.0.1"))
-    other = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address="127.0.0.2"))
+    tls = tls_context(settings) or False
+    flooding = httpx.AsyncClient(
+        transport=httpx.AsyncHTTPTransport(local_address="127.0.0.1", verify=tls)
+    )
+    other = httpx.AsyncClient(
+        transport=httpx.AsyncHTTPTransport(local_address="127.0.0.2", verify=tls)
+    )
     async with flooding, other:
         codes = [(await _grpc_web(flooding, base, token))[0] for _ in range(12)]
         assert codes[:5] == [0] * 5  # the burst
@@ -136,9 +144,9 @@ async def test_each_client_address_has_its_own_bucket_with_retry_info(
 async def test_native_grpc_through_the_gateway_is_resource_exhausted(
     gateway: tuple[str, Settings],
 ) -> None:
-    base, settings = gateway
+    _base, settings = gateway
     metadata = (("authorization", f"Bearer {issue_token(settings.auth, 'alice')}"),)
-    async with grpc.aio.insecure_channel(base.removeprefix("http://")) as channel:
+    async with client_port_channel(settings, f"127.0.0.1:{settings.envoy.port}") as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         for _ in range(5):
             await stub.Discover(pb.DiscoverRequest(user_id="alice"), metadata=metadata)

@@ -1,8 +1,9 @@
 """A small world on the real stack for hostile clients: users, threads, messages, and the
 raw calls and checks that the fuzz and the authorization matrix share.
 
-Calls are sync (``grpc.insecure_channel``) so hypothesis can drive them; every request goes
-out as bytes through identity serializers, so a mutated encoding is sent exactly as made.
+Calls are sync (a blocking channel, TLS like every client) so hypothesis can drive them; every
+request goes out as bytes through identity serializers, so a mutated encoding is sent exactly
+as made.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import psutil
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from tests.mesh_pki import client_port_channel_sync
 from tests.security.proto_strategies import IdPool
 from voxmesh.common.v1 import body_pb2, message_pb2, thread_pb2
 from voxmesh.core.client_auth import issue_token
@@ -164,7 +166,7 @@ class World:
 
     def __post_init__(self) -> None:
         address = f"{self.settings.host}:{self.settings.router.port}"
-        self.channel = grpc.insecure_channel(address)
+        self.channel = client_port_channel_sync(self.settings, address)
         run = next(_names)
         self.owner, self.peer, self.stranger = (f"{r}-{run}" for r in ("fz", "pr", "xx"))
         self.pool.user_ids = [self.owner, self.peer, self.stranger]

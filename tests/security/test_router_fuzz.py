@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import require_spanner_emulator
+from tests.mesh_pki import client_port_channel_sync
 from tests.security.proto_strategies import mutated_bytes, requests
 from tests.security.router_world import (
     METHODS,
@@ -152,7 +153,9 @@ def test_timed_fuzz_of_every_method(world: World) -> None:
 
 def _junk_flood(world: World, deadline: float, counts: Counter[str]) -> None:
     """Undecodable requests, round-robin over every method, until ``deadline``."""
-    channel = grpc.insecure_channel(f"{world.settings.host}:{world.settings.router.port}")
+    channel = client_port_channel_sync(
+        world.settings, f"{world.settings.host}:{world.settings.router.port}"
+    )
     # Many users, each well within the per-user call limit (a limit is a precise answer
     # too, but this flood is about decoding).
     tokens = [world.metadata(f"junk-{n}") for n in range(500)]

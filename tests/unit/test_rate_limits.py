@@ -10,10 +10,12 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from tests.mesh_pki import client_port_channel, tls_overrides
 from voxmesh.common.v1 import presence_pb2
 from voxmesh.core.client_auth import issue_token
 from voxmesh.core.domain_errors import ResourceExhausted
 from voxmesh.core.dynamic_config import apply_overrides, check_key
+from voxmesh.core.mesh_tls import client_channel
 from voxmesh.core.rpc_interceptors import RPC_IN_FLIGHT
 from voxmesh.core.service_runner import ServiceRunner
 from voxmesh.core.settings import RateLimitSettings, Settings, load_settings
@@ -126,7 +128,8 @@ async def limited_router() -> AsyncIterator[tuple[ServiceRunner, Settings]]:
                     "device_per_s": 1.0,
                     "device_burst": 2,
                 }
-            }
+            },
+            **tls_overrides(),
         },
     )
     runner = build_runner("router", settings, port=0, metrics_port=0)
@@ -149,7 +152,7 @@ async def test_limited_calls_answer_resource_exhausted_with_retry_info(
     limited_router: tuple[ServiceRunner, Settings],
 ) -> None:
     runner, settings = limited_router
-    async with grpc.aio.insecure_channel(runner.address) as channel:
+    async with client_port_channel(settings, runner.address) as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         alice = (("authorization", f"Bearer {issue_token(settings.auth, 'alice')}"),)
         bob = (("authorization", f"Bearer {issue_token(settings.auth, 'bob')}"),)
@@ -181,7 +184,11 @@ async def test_limited_calls_answer_resource_exhausted_with_retry_info(
 async def test_streams_per_connection_are_bounded() -> None:
     settings = load_settings(
         environ={},
-        overrides={"router": {"max_streams_per_connection": 4}, "rate_limits": {"enabled": False}},
+        overrides={
+            "router": {"max_streams_per_connection": 4},
+            "rate_limits": {"enabled": False},
+            **tls_overrides(),
+        },
     )
     runner = build_runner("router", settings, port=0, metrics_port=0)
     await runner.start()
@@ -191,8 +198,8 @@ async def test_streams_per_connection_are_bounded() -> None:
     own_pool = [("grpc.use_local_subchannel_pool", 1)]
     try:
         async with (
-            grpc.aio.insecure_channel(runner.address, options=own_pool) as greedy,
-            grpc.aio.insecure_channel(runner.address, options=own_pool) as other,
+            client_channel(settings, runner.address, own_pool) as greedy,
+            client_channel(settings, runner.address, own_pool) as other,
         ):
             # Send streams that never write: each one holds a handler waiting for its start.
             send = pb_grpc.RouterServiceStub(greedy).Send

@@ -14,8 +14,10 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -220,7 +222,7 @@ def client_channel_credentials(settings: Settings) -> grpc.ChannelCredentials | 
 
 
 def client_channel(
-    settings: Settings, address: str, options: list[tuple[str, object]] | None = None
+    settings: Settings, address: str, options: Sequence[tuple[str, Any]] | None = None
 ) -> grpc.aio.Channel:
     """An asyncio channel to a client port, TLS unless the client port is plaintext."""
     credentials = client_channel_credentials(settings)

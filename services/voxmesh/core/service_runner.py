@@ -132,6 +132,7 @@ class ServiceRunner:
     ) -> grpc.aio.Server:
         """A server with the shared interceptors and the services of ``exposure``."""
         limit = self.settings.limits.max_grpc_message_bytes
+        service_settings = self.settings.service(self.kind)
         server = grpc.aio.server(
             interceptors=[
                 RequestContextInterceptor(),
@@ -143,7 +144,7 @@ class ServiceRunner:
                 RequestDecodingInterceptor(),
             ],
             # Beyond this grpc answers RESOURCE_EXHAUSTED instead of queueing: bounded work.
-            maximum_concurrent_rpcs=self.settings.service(self.kind).max_concurrent_rpcs,
+            maximum_concurrent_rpcs=service_settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
