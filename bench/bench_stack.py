@@ -135,10 +135,12 @@ class VoxmeshStack:
         total, found = 0.0, False
         for family in text_string_to_metric_families(text):
             if family.name == BODY_WRITES_METRIC:
-                for sample in family.samples:
-                    if sample.name == BODY_WRITES_METRIC + "_total":
-                        total += sample.value
-                        found = True
+                found = True  # before its first write a labelled counter has no samples
+                total += sum(
+                    sample.value
+                    for sample in family.samples
+                    if sample.name == BODY_WRITES_METRIC + "_total"
+                )
         return total if found else None
 
 

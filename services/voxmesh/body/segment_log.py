@@ -75,6 +75,8 @@ OBJECT_WRITES = prometheus_client.Counter(
     "Object-store writes by the body node, by kind (segment, part, body, index, tombstone).",
     ["kind"],
 )
+for _kind in ("segment", "part", "body", "index", "tombstone"):
+    OBJECT_WRITES.labels(_kind)  # every kind reported from the start, at zero
 COMMITS = prometheus_client.Counter(
     "voxmesh_body_commits_total", "Commits (one segment and/or parts) made durable."
 )
