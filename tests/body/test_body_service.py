@@ -103,6 +103,68 @@ async def test_append_stream_acks_durable_chunks_of_many_messages(
     )
 
 
+async def test_one_link_carries_many_messages_and_a_refusal_stops_only_its_own(
+    body_service: pb_grpc.BodyServiceAsyncStub,
+) -> None:
+    """AppendLink: entries of many messages per frame, coalesced acks; a refused entry is
+    answered with a refusal naming its message and the link and the others go on."""
+    a, b, c = _chunks(6, seed="a"), _chunks(4, seed="b"), _chunks(3, seed="c")
+    call = body_service.AppendLink()  # type: ignore[call-arg]  # stubs: iterator required
+
+    def entry(message: str, chunks: Sequence[body_pb.Chunk], first: bool) -> pb.AppendEntry:
+        return pb.AppendEntry(
+            thread_id=T, message_id=message, content_type=OGG if first else "", chunks=chunks
+        )
+
+    await call.write(
+        pb.AppendLinkRequest(
+            entries=[entry("l-a", a[:3], True), entry("l-b", b[:2], True), entry("l-c", c, True)]
+        )
+    )
+    await call.write(
+        pb.AppendLinkRequest(
+            entries=[
+                entry("l-b", b[3:], False),  # gap: chunk 2 missing
+                entry("l-a", a[3:], False),
+                entry("l-a", a[4:], False),  # resent: dropped
+            ]
+        )
+    )
+    latest: dict[str, int] = {}
+    refusals: list[pb.EntryRefusal] = []
+    while latest.get("l-a", 0) < 6 or latest.get("l-c", 0) < 3 or not refusals:
+        response = await asyncio.wait_for(call.read(), WAIT)
+        assert isinstance(response, pb.AppendLinkResponse)
+        names = [ack.message_id for ack in response.acks]
+        assert len(names) == len(set(names))  # one ack per message per frame
+        latest.update({ack.message_id: ack.durable_chunk_count for ack in response.acks})
+        refusals += response.refusals
+    assert [(r.message_id, r.code) for r in refusals] == [
+        ("l-b", grpc.StatusCode.INVALID_ARGUMENT.value[0])
+    ]
+    assert "gap" in refusals[0].message
+    await call.write(pb.AppendLinkRequest(entries=[entry("l-b", b[2:], False)]))  # corrected
+    while latest.get("l-b", 0) < 4:
+        response = await asyncio.wait_for(call.read(), WAIT)
+        latest.update({ack.message_id: ack.durable_chunk_count for ack in response.acks})
+    await call.done_writing()
+    while (await asyncio.wait_for(call.read(), WAIT)) is not EOF:
+        pass
+    assert await call.code() == grpc.StatusCode.OK
+    for message, chunks in (("l-a", a), ("l-b", b), ("l-c", c)):
+        finished = await body_service.FinishBody(
+            pb.FinishBodyRequest(
+                thread_id=T,
+                message_id=message,
+                final_state=message_pb.MESSAGE_STATE_COMPLETE,
+                end=_end(chunks),
+            )
+        )
+        assert finished.stat.size_bytes == len(_bytes(chunks))
+        body = await body_service.ReadRange(pb.ReadRangeRequest(thread_id=T, message_id=message))
+        assert body.data == _bytes(chunks)
+
+
 async def test_read_chunks_follows_a_live_body_to_its_end(
     body_service: pb_grpc.BodyServiceAsyncStub,
 ) -> None:

@@ -333,6 +333,29 @@ class BodyDomain:
             sink.expect(body)
         return body
 
+    def append_now(
+        self,
+        thread_id: str,
+        message_id: str,
+        chunks: Sequence[ChunkLike],
+        sink: AckSink | None = None,
+    ) -> bool:
+        """``append`` when it needs no storage: the body is live in memory and the frame
+        resends nothing already durable. False: nothing was done, call ``append``."""
+        body = self._live.get(message_id)
+        if body is None or body.key.thread_id != thread_id:
+            return False
+        if chunks and chunks[0].index < body.durable_count:
+            return False  # resent chunks: their stored bytes may have to be read back
+        if not body.writable:
+            self._refuse(body)
+        body.last_activity = time.monotonic()
+        if chunks:
+            self._accept(body, chunks, {})
+        if sink is not None:
+            sink.expect(body)
+        return True
+
     async def append_durable(
         self, thread_id: str, message_id: str, content_type: str, chunks: Sequence[ChunkLike]
     ) -> DurablePosition:

@@ -7,6 +7,7 @@ and the errors are ``BodyDomain``'s (domain errors become statuses in the error 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -161,29 +162,59 @@ class BodyStore(pb_grpc.BodyServiceServicer):
         domain = self._domain
         sink = domain.open_sink()
         refusals: list[pb.EntryRefusal] = []
+        # Messages whose entries wait on storage (a body taken over, a resend to verify):
+        # their later entries queue behind in order, and the link's other messages go on.
+        slow: dict[str, deque[pb.AppendEntry]] = {}
+        loading: set[asyncio.Task[None]] = set()
+
+        def refuse(entry: pb.AppendEntry, exc: DomainError) -> None:
+            refusals.append(
+                pb.EntryRefusal(
+                    thread_id=entry.thread_id,
+                    message_id=entry.message_id,
+                    code=status_for(exc).value[0],
+                    message=str(exc),
+                )
+            )
+            sink.wake()
+
+        async def drain(message_id: str) -> None:
+            backlog = slow[message_id]
+            try:
+                while backlog:
+                    entry = backlog[0]
+                    try:
+                        await domain.append(
+                            entry.thread_id, message_id, entry.content_type, entry.chunks, sink
+                        )
+                    except DomainError as exc:
+                        refuse(entry, exc)
+                    backlog.popleft()
+            finally:
+                del slow[message_id]
+                sink.wake()
 
         async def take_frames() -> None:
             try:
                 async for frame in request_iterator:
                     for entry in frame.entries:
+                        message_id = entry.message_id
+                        backlog = slow.get(message_id)
+                        if backlog is not None:
+                            backlog.append(entry)
+                            continue
                         try:
-                            await domain.append(
-                                entry.thread_id,
-                                entry.message_id,
-                                entry.content_type,
-                                entry.chunks,
-                                sink,
-                            )
+                            if domain.append_now(entry.thread_id, message_id, entry.chunks, sink):
+                                continue
                         except DomainError as exc:  # this entry only: the link goes on
-                            refusals.append(
-                                pb.EntryRefusal(
-                                    thread_id=entry.thread_id,
-                                    message_id=entry.message_id,
-                                    code=status_for(exc).value[0],
-                                    message=str(exc),
-                                )
-                            )
-                            sink.wake()
+                            refuse(entry, exc)
+                            continue
+                        slow[message_id] = deque([entry])
+                        task = asyncio.get_running_loop().create_task(drain(message_id))
+                        loading.add(task)
+                        task.add_done_callback(loading.discard)
+                while loading:
+                    await asyncio.wait(set(loading))
             finally:
                 sink.wake()
 
@@ -204,6 +235,8 @@ class BodyStore(pb_grpc.BodyServiceServicer):
                         return
         finally:
             reader.cancel()
+            for task in loading:
+                task.cancel()
             domain.close_sink(sink)
 
     async def AppendChunksBatch(
