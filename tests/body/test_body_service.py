@@ -146,6 +146,7 @@ async def test_one_link_carries_many_messages_and_a_refusal_stops_only_its_own(
     await call.write(pb.AppendLinkRequest(entries=[entry("l-b", b[2:], False)]))  # corrected
     while latest.get("l-b", 0) < 4:
         response = await asyncio.wait_for(call.read(), WAIT)
+        assert isinstance(response, pb.AppendLinkResponse)
         latest.update({ack.message_id: ack.durable_chunk_count for ack in response.acks})
     await call.done_writing()
     while (await asyncio.wait_for(call.read(), WAIT)) is not EOF:
