@@ -86,3 +86,59 @@ def test_the_announced_address_replaces_host_candidates_and_the_connection_line(
     assert "203.0.113.9 40000 typ host" in out
     assert "198.51.100.7 40001 typ srflx" in out  # only host candidates are rewritten
     assert announce(sdp, "") == sdp
+
+
+async def _first_frames(router_side: bool, count: int = 5) -> list[object]:
+    """One talker -> receiver pair over loopback; the receiver set up as a router's or not."""
+    import asyncio
+
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    from tests.webrtc.tone_audio import opus_packets
+    from tests.webrtc.webrtc_client import PacketTrack
+    from voxmesh.router.webrtc_sessions import keep_opus_encoded, pass_audio_on_at_once
+
+    keep_opus_encoded()
+    talker = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    receiver = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    talker.addTrack(PacketTrack(opus_packets(0.5)))
+    frames: list[object] = []
+    got = asyncio.Event()
+
+    @receiver.on("track")
+    def on_track(track: object) -> None:
+        async def read() -> None:
+            while len(frames) < count:
+                frames.append(await track.recv())  # type: ignore[attr-defined]
+            got.set()
+
+        receiver.reader = asyncio.ensure_future(read())  # type: ignore[attr-defined]
+
+    try:
+        await talker.setLocalDescription(await talker.createOffer())
+        await receiver.setRemoteDescription(
+            RTCSessionDescription(sdp=talker.localDescription.sdp, type="offer")
+        )
+        if router_side:
+            pass_audio_on_at_once(receiver)
+        await receiver.setLocalDescription(await receiver.createAnswer())
+        await talker.setRemoteDescription(
+            RTCSessionDescription(sdp=receiver.localDescription.sdp, type="answer")
+        )
+        await asyncio.wait_for(got.wait(), 20)
+    finally:
+        await talker.close()
+        await receiver.close()
+    return frames
+
+
+async def test_a_routers_receiver_keeps_opus_encoded_and_others_still_decode() -> None:
+    import av
+
+    from voxmesh.router.webrtc_sessions import EncodedOpus
+
+    kept = await _first_frames(router_side=True)
+    assert all(isinstance(f, EncodedOpus) for f in kept)
+    assert [f.timestamp for f in kept] == [960 * i for i in range(5)]  # type: ignore[attr-defined]
+    decoded = await _first_frames(router_side=False)
+    assert all(isinstance(f, av.AudioFrame) for f in decoded)

@@ -59,18 +59,32 @@ class EncodedOpus:
         self.timestamp = timestamp
 
 
-class _OpusPassthrough:
-    def decode(self, encoded_frame: JitterFrame) -> list[EncodedOpus]:
-        return [EncodedOpus(encoded_frame.data, encoded_frame.timestamp)]
+class _KeptEncoded(JitterFrame):
+    """A packet from a router's receiver (LiveAudioBuffer): passed on, never decoded."""
+
+
+class _DecoderUnlessKept:
+    """Frames of the router's receivers go on encoded; any other receiver in the process
+    (a client, a test) still gets aiortc's decoder, created when it first needs it."""
+
+    def __init__(self, codec: Any) -> None:
+        self._codec = codec
+        self._decoder: Any = None
+
+    def decode(self, encoded_frame: JitterFrame) -> list[Any]:
+        if isinstance(encoded_frame, _KeptEncoded):
+            return [EncodedOpus(encoded_frame.data, encoded_frame.timestamp)]
+        if self._decoder is None:
+            self._decoder = _decoder_for(self._codec)
+        frames: list[Any] = self._decoder.decode(encoded_frame)
+        return frames
 
 
 _decoder_for = getattr(aiortc.rtcrtpreceiver, "get_decoder")  # noqa: B009
 
 
 def _get_decoder(codec: Any) -> Any:
-    if codec.name.lower() == "opus":
-        return _OpusPassthrough()
-    return _decoder_for(codec)
+    return _DecoderUnlessKept(codec)
 
 
 class LiveAudioBuffer:
@@ -89,7 +103,7 @@ class LiveAudioBuffer:
         if self._next is not None and (sequence - self._next) % (1 << 16) >= 1 << 15:
             return False, None  # older than one already passed on
         self._next = (sequence + 1) % (1 << 16)
-        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
+        return False, _KeptEncoded(data=packet._data, timestamp=packet.timestamp)
 
 
 def pass_audio_on_at_once(pc: RTCPeerConnection) -> None:
@@ -101,9 +115,9 @@ def pass_audio_on_at_once(pc: RTCPeerConnection) -> None:
 
 
 def keep_opus_encoded() -> None:
-    """Incoming Opus tracks of this process yield their packets as received: the router
-    stores and relays the talker's bytes and never spends CPU decoding them (aiortc has no
-    switch for this; its receiver asks ``get_decoder`` for a decoder per codec)."""
+    """Packets from receivers set up by ``pass_audio_on_at_once`` reach their track as
+    received: the router stores and relays the talker's bytes and never spends CPU decoding
+    them (aiortc has no switch for this; its receiver asks ``get_decoder`` per codec)."""
     setattr(aiortc.rtcrtpreceiver, "get_decoder", _get_decoder)  # noqa: B010
 
 
