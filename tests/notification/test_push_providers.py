@@ -22,6 +22,7 @@ from voxmesh.notification.push_providers import (
     fcm_message,
 )
 from voxmesh.notification.webhook_receiver import WebhookReceiver
+from voxmesh.notification.webhook_targets import WebhookTargets
 
 CONTENT = PushContent(
     push_id="m-1:bob/phone",
@@ -67,7 +68,10 @@ def _provider(settings: NotificationSenderSettings) -> WebhookProvider:
     policy = RetryPolicy(
         settings.push_attempts, settings.retry_initial_backoff_s, settings.retry_max_backoff_s
     )
-    return WebhookProvider(settings, policy)
+    # The receiver is on 127.0.0.1: the local rule (webhook_targets' tests cover the strict one).
+    return WebhookProvider(
+        settings, policy, WebhookTargets(require_https=False, allow_private=True)
+    )
 
 
 async def test_webhook_posts_json_with_an_idempotency_key(receiver: WebhookReceiver) -> None:

@@ -186,6 +186,7 @@ class NotificationSenderSettings:
     dead_letter_stream_max: Annotated[int, pydantic.Field(gt=0)]
     unread_rebuild_max_per_thread: Annotated[int, pydantic.Field(gt=0)]
     max_live_report_ttl_s: Annotated[float, pydantic.Field(gt=0)]
+    allow_private_webhooks: bool
     fcm_endpoint: str
     fcm_project: str
     fcm_credentials_file: str

@@ -17,6 +17,7 @@ from voxmesh.common.v1 import device_pb2
 from voxmesh.core.domain_errors import InvalidArgument
 from voxmesh.core.ids import require_id
 from voxmesh.notification.redis_values import as_bytes, as_str
+from voxmesh.notification.webhook_targets import WebhookTargets
 
 _MAX_TOKEN_CHARS = 4096
 _MAX_SHORT_FIELD = 64
@@ -82,13 +83,16 @@ def validate_device(device: device_pb2.Device) -> None:
 
 
 class DeviceRegistry:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, webhooks: WebhookTargets) -> None:
         self._redis = redis
+        self._webhooks = webhooks
 
     # -- registrations ---------------------------------------------------------------------
 
     async def register(self, device: device_pb2.Device) -> device_pb2.Device:
         validate_device(device)
+        if device.platform == device_pb2.PLATFORM_WEBHOOK:
+            await self._webhooks.check_registration(device.push_token)
         stored = device_pb2.Device()
         stored.CopyFrom(device)
         stored.registered_at.CopyFrom(_timestamp(_now_ms()))

@@ -43,6 +43,7 @@ from voxmesh.notification.push_queue import (
 from voxmesh.notification.unread_counts import UnreadCounts
 from voxmesh.notification.v1 import notification_service_pb2 as pb
 from voxmesh.notification.v1 import notification_service_pb2_grpc as pb_grpc
+from voxmesh.notification.webhook_targets import WebhookTargets
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -106,7 +107,8 @@ class NotificationSender(pb_grpc.NotificationServiceServicer):
         # first); channels are made lazily, in the serving loop.
         self.membership = RingMembership(settings, ("header",))
         self._mesh = MeshClients(settings, self.membership, "notification")
-        self.registry = DeviceRegistry(self._redis)
+        self._webhooks = WebhookTargets.from_settings(settings)
+        self.registry = DeviceRegistry(self._redis, self._webhooks)
         self.unread = UnreadCounts(
             self._redis,
             self._mesh.header,
@@ -122,7 +124,7 @@ class NotificationSender(pb_grpc.NotificationServiceServicer):
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._providers = create_providers(self._push)
+        self._providers = create_providers(self._push, self._webhooks)
 
     def bind(self, node_id: str, address: str) -> None:
         """Start delivering once the node id is known: it names this node's consumer."""

@@ -26,7 +26,9 @@ import prometheus_client
 import tenacity
 
 from voxmesh.common.v1 import device_pb2
+from voxmesh.core.domain_errors import InvalidArgument
 from voxmesh.core.settings import NotificationSenderSettings
+from voxmesh.notification.webhook_targets import GuardedTransport, WebhookTargets, refusal_of
 
 PUSH_ATTEMPTS = prometheus_client.Counter(
     "voxmesh_notification_push_attempts_total",
@@ -172,14 +174,20 @@ class WebhookProvider:
 
     platform = "webhook"
 
-    def __init__(self, settings: NotificationSenderSettings, policy: RetryPolicy) -> None:
+    def __init__(
+        self, settings: NotificationSenderSettings, policy: RetryPolicy, targets: WebhookTargets
+    ) -> None:
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 settings.webhook_timeout_s, connect=settings.webhook_connect_timeout_s
             ),
             follow_redirects=False,  # a push target that moved must re-register
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            # Connects only where the webhook rule allows, after resolving (DNS rebinding).
+            transport=GuardedTransport(targets, limits),
+            trust_env=False,  # no proxy from the environment: it would resolve for us
         )
+        self._targets = targets
         self._policy = policy
 
     async def send(self, device: device_pb2.Device, content: PushContent) -> int:
@@ -190,10 +198,16 @@ class WebhookProvider:
             tries += 1
             headers, body = webhook_request(content, tries)
             try:
+                self._targets.check_url(device.push_token)  # registered under another rule?
                 response = await self._client.post(device.push_token, json=body, headers=headers)
+            except InvalidArgument as exc:
+                raise PushFailed(f"webhook refused: {exc}", retryable=False) from exc
             except httpx.TimeoutException as exc:
                 raise PushFailed(f"webhook timed out: {exc!r}", retryable=True) from exc
             except httpx.HTTPError as exc:
+                refused = refusal_of(exc)
+                if refused is not None:
+                    raise PushFailed(f"webhook refused: {refused}", retryable=False) from exc
                 raise PushFailed(f"webhook unreachable: {exc!r}", retryable=True) from exc
             if response.is_success:
                 return
@@ -402,13 +416,15 @@ class ApnsProvider:
         await self._client.aclose()
 
 
-def create_providers(settings: NotificationSenderSettings) -> dict[int, PushProvider]:
+def create_providers(
+    settings: NotificationSenderSettings, webhooks: WebhookTargets
+) -> dict[int, PushProvider]:
     """One provider per platform, sharing the retry policy."""
     policy = RetryPolicy(
         settings.push_attempts, settings.retry_initial_backoff_s, settings.retry_max_backoff_s
     )
     return {
-        device_pb2.PLATFORM_WEBHOOK: WebhookProvider(settings, policy),
+        device_pb2.PLATFORM_WEBHOOK: WebhookProvider(settings, policy, webhooks),
         device_pb2.PLATFORM_FCM: FcmProvider(settings, policy),
         device_pb2.PLATFORM_APNS: ApnsProvider(settings, policy),
     }
