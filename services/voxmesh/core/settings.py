@@ -38,6 +38,7 @@ class EtcdSettings:
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
 class RedisSettings:
     port: Port
+    appendfsync: Literal["always", "everysec"]
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)

@@ -134,6 +134,19 @@ def router_addresses(settings: Settings) -> list[tuple[str, int]]:
     return [(settings.host, router.instance_ports(i)[0]) for i in range(router.instances)]
 
 
+def redis_command(settings: Settings, data_dir: Path) -> tuple[str, ...]:
+    """Redis (Valkey) with persistence: every write is appended to an AOF under ``data_dir``
+    and fsynced per ``redis.appendfsync`` before it is acknowledged ("always"), so device
+    registrations, do-not-disturb, mutes and the push queue survive a restart or a kill -9."""
+    return (
+        str(binaries.redis_server()),
+        *("--bind", settings.host, "--port", str(settings.redis.port)),
+        *("--dir", str(data_dir), "--appenddirname", "redis-aof"),
+        *("--appendonly", "yes", "--appendfsync", settings.redis.appendfsync),
+        *("--save", ""),  # the AOF is the persistence; no RDB snapshots on top
+    )
+
+
 def plan_stack(settings: Settings, paths: StackPaths) -> list[Component]:
     """Every component of the local stack. Raises MissingBinary naming the fix.
 
@@ -170,17 +183,7 @@ def plan_stack(settings: Settings, paths: StackPaths) -> list[Component]:
         Component(
             name="redis",
             role="server",
-            command=(
-                str(binaries.redis_server()),
-                "--bind",
-                host,
-                "--port",
-                str(redis.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ),
+            command=redis_command(settings, paths.data),
             ports=(("redis", redis.port),),
             probe=lambda: readiness.redis_ping(host, redis.port),
         ),
