@@ -15,6 +15,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from tests.mesh_pki import mesh_channel, tls_overrides
 from tests.ports import free_port
 from voxmesh.common.v1 import device_pb2
 from voxmesh.core.service_runner import ServiceRunner
@@ -53,7 +54,7 @@ class RedisServer:
 
 @pytest.fixture
 def settings() -> Settings:
-    return load_settings(environ={}, overrides={"redis": {"port": free_port()}})
+    return load_settings(environ={}, overrides={"redis": {"port": free_port()}, **tls_overrides()})
 
 
 @pytest.fixture
@@ -73,8 +74,13 @@ async def notifier(settings: Settings, redis_server: RedisServer) -> AsyncIterat
     await runner.drain(grace_s=0)
 
 
+def _as_router(runner: ServiceRunner) -> grpc.aio.Channel:
+    """The notification service's internal port, called as a router is (mutual TLS)."""
+    return mesh_channel(runner.settings, runner.internal_address, "notification", "router")
+
+
 async def _listed(runner: ServiceRunner, user: str) -> list[str]:
-    async with grpc.aio.insecure_channel(runner.address) as channel:
+    async with _as_router(runner) as channel:
         stub = pb_grpc.NotificationServiceStub(channel)
         for _ in range(100):  # the service's Redis connection comes back after the restart
             try:
@@ -92,7 +98,7 @@ async def test_registrations_and_dnd_survive_a_redis_restart(
     how: int, settings: Settings, redis_server: RedisServer, notifier: ServiceRunner
 ) -> None:
     user = f"bob-{how}"
-    async with grpc.aio.insecure_channel(notifier.address) as channel:
+    async with _as_router(notifier) as channel:
         stub = pb_grpc.NotificationServiceStub(channel)
         for device_id in ("phone", "tablet"):
             await stub.RegisterDevice(
