@@ -86,6 +86,7 @@ def call(
     frames: list[bytes],
     metadata: tuple[tuple[str, str], ...],
     timeout_s: float = 15.0,
+    follow_s: float = STREAM_READ_S,
 ) -> Outcome:
     """One call of ``method`` with ``frames`` (one for unary requests), bytes in and out."""
     path = method_path(method)
@@ -98,7 +99,7 @@ def call(
         elif method.server_streaming:
             stream = channel.unary_stream(path, None, None)(frames[0], **kw)
             # Follow the stream for a moment: Updates (and a live ReadBody) never end.
-            timer = _cancel_at(stream, time.monotonic() + STREAM_READ_S)
+            timer = _cancel_at(stream, time.monotonic() + follow_s)
             try:
                 for response in stream:
                     responses.append(response)

@@ -13,6 +13,7 @@ instead fuzzes every method round-robin for that long and prints the counts.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -145,10 +146,20 @@ def test_timed_fuzz_of_every_method(world: World) -> None:
         row = {c: n for (m, c), n in sorted(world.counts.items()) if m == method.name}
         print(f"  {method.name}: {row}")
     print(f"junk flood: {sum(junk_counts.values())} calls, by status: {dict(junk_counts)}")
-    grown = {name: len(text.encode()) for name, text in world.log_since(offsets)}
-    print("log bytes written meanwhile:", grown)
+    logged = dict(world.log_since(offsets))
+    print("log bytes written meanwhile:", {n: len(t.encode()) for n, t in logged.items()})
+    for name, text in logged.items():
+        events = Counter(_event(line) for line in text.splitlines())
+        print(f"  {name} log lines by event:", dict(events.most_common(6)))
     assert not {c for c in by_code if c in ("INTERNAL", "UNKNOWN")}
     assert set(junk_counts) == {"INVALID_ARGUMENT"}, junk_counts
+
+
+def _event(line: str) -> str:
+    try:
+        return str(json.loads(line).get("event", "?"))
+    except ValueError:
+        return line[:60]
 
 
 def _junk_flood(world: World, deadline: float, counts: Counter[str]) -> None:
@@ -164,7 +175,8 @@ def _junk_flood(world: World, deadline: float, counts: Counter[str]) -> None:
         while time.monotonic() < deadline:
             method = METHODS[index % len(METHODS)]
             junk = b"\xff\xff\xff" + os.urandom(index % 16)
-            outcome = call(channel, method, [junk], tokens[index % len(tokens)])
+            # Refused at once, however loaded the machine: wait for the status.
+            outcome = call(channel, method, [junk], tokens[index % len(tokens)], follow_s=10)
             counts[outcome.code.name] += 1
             index += 1
     finally:

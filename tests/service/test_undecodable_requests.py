@@ -81,6 +81,7 @@ async def test_every_method_refuses_undecodable_bytes_with_invalid_argument(
         async with client_port_channel(settings, runner.address) as channel, internal:
             with caplog.at_level(logging.WARNING), structlog.testing.capture_logs() as lines:
                 methods = _methods(runner)
+                started = time.monotonic()
                 for method in methods:
                     port = (
                         internal
@@ -101,6 +102,7 @@ async def test_every_method_refuses_undecodable_bytes_with_invalid_argument(
                     code = await _call_raw(port, unary, JUNK, metadata)
                     assert code == grpc.StatusCode.INVALID_ARGUMENT
                 flood_s = time.monotonic() - flood_started
+                total_s = time.monotonic() - started
     finally:
         await runner.drain(grace_s=0)
     refusals = [line for line in lines if line["event"] == "rpc refused"]
@@ -110,6 +112,8 @@ async def test_every_method_refuses_undecodable_bytes_with_invalid_argument(
     # At most 10 lines per second per method and status, whatever the number of requests.
     assert 1 <= len(flood) <= 10 * (math.ceil(flood_s) + 1), (len(flood), flood_s)
     assert len(flood) < FLOOD / 2
+    # Every method refused at once: still 10 lines a second in all (keyed by status alone).
+    assert len(refusals) <= 10 * (math.ceil(total_s) + 1), (len(refusals), total_s)
     # Nothing from grpc itself (its "Unexpected DecodeError" came with a traceback).
     assert not [r for r in caplog.records if r.name.startswith("grpc")], caplog.text
 

@@ -282,7 +282,7 @@ class ErrorMappingInterceptor(AroundInterceptor):
     """The one place where domain errors become gRPC statuses; anything else is INTERNAL.
 
     Refusals are what a client can cause at will, so their log line is rate limited per
-    method and status (a few per second, then a count of those left out).
+    status code, whatever the method (10 a second, then a count of those left out).
     """
 
     def __init__(self, service: str = "", refusal_log: LogRateLimit | None = None) -> None:
@@ -305,7 +305,8 @@ class ErrorMappingInterceptor(AroundInterceptor):
             if trailers:
                 # Rate-limited: counted in metrics, not logged (a flood must not fill the disk).
                 await context.abort(code, details, trailing_metadata=trailers)
-            left_out = self._refusal_log.admit((method, code))
+            # Keyed by status alone: a flood spread over every method is still a few lines.
+            left_out = self._refusal_log.admit(code)
             if left_out is None:
                 LOG_LINES_LEFT_OUT.labels(self._service).inc()
             else:
