@@ -35,7 +35,10 @@ _state: dict[str, Path | None] = {"config": None}
 def _options(
     config: Annotated[
         Path | None,
-        typer.Option(help="A settings file (TOML or JSON) layered over config/defaults.toml."),
+        typer.Option(
+            envvar="VOXMESH_CONFIG",
+            help="A settings file (TOML or JSON) layered over config/defaults.toml.",
+        ),
     ] = None,
 ) -> None:
     _state["config"] = config
@@ -188,11 +191,18 @@ def serve(
         raise _fail(f"unknown service {kind!r}: choose one of {', '.join(SERVICE_KINDS)}")
     import uvloop
 
+    from voxmesh.core import telemetry
     from voxmesh.core.structured_logging import configure_logging
     from voxmesh.service_registry import build_runner
 
     settings = _settings()
-    configure_logging(settings.log, kind)
+    project = telemetry.trace_project(settings)
+    telemetry.configure_tracing(settings, kind)
+    configure_logging(
+        settings.log,
+        kind,
+        trace_processor=None if project is None else telemetry.cloud_trace_fields(project),
+    )
     runner = build_runner(
         kind,
         settings,
@@ -201,7 +211,10 @@ def serve(
         join_ring=True,
         internal_port=internal_port,
     )
-    uvloop.run(runner.serve_until_signalled())
+    try:
+        uvloop.run(runner.serve_until_signalled())
+    finally:
+        telemetry.shutdown_tracing()
 
 
 @gateway_app.command("render")
@@ -239,7 +252,7 @@ def demo(
 def _etcd(settings: Settings) -> Any:
     import aetcd
 
-    return aetcd.Client(host=settings.host, port=settings.etcd.client_port, timeout=5)
+    return aetcd.Client(host=settings.etcd_host, port=settings.etcd.client_port, timeout=5)
 
 
 def _config_key(key: str) -> str:

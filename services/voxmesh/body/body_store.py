@@ -7,6 +7,7 @@ and the errors are ``BodyDomain``'s (domain errors become statuses in the error 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -39,9 +40,21 @@ from voxmesh.core.ring_membership import RingMembership
 from voxmesh.core.rpc_interceptors import status_for
 from voxmesh.core.service_runner import Registration, ServiceParts
 from voxmesh.core.settings import Settings
+from voxmesh.core.telemetry import continued_span
 from voxmesh.header.v1 import header_service_pb2 as header_pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+# Entered for an AppendLink entry that carries no trace (reusable: it does nothing).
+_NO_SPAN = contextlib.nullcontext()
+
+
+def _span_for(entry: pb.AppendEntry) -> contextlib.AbstractContextManager[None]:
+    """The sender's trace for an entry that carries one (a message's first on a link)."""
+    if entry.traceparent:
+        return continued_span("voxmesh.body.AppendEntry", entry.traceparent)
+    return _NO_SPAN
+
 
 _TO_PROTO = {
     BodyState.LIVE: message_pb.MESSAGE_STATE_LIVE,
@@ -184,9 +197,10 @@ class BodyStore(pb_grpc.BodyServiceServicer):
                 while backlog:
                     entry = backlog[0]
                     try:
-                        await domain.append(
-                            entry.thread_id, message_id, entry.content_type, entry.chunks, sink
-                        )
+                        with _span_for(entry):
+                            await domain.append(
+                                entry.thread_id, message_id, entry.content_type, entry.chunks, sink
+                            )
                     except DomainError as exc:
                         refuse(entry, exc)
                     backlog.popleft()
@@ -204,8 +218,12 @@ class BodyStore(pb_grpc.BodyServiceServicer):
                             backlog.append(entry)
                             continue
                         try:
-                            if domain.append_now(entry.thread_id, message_id, entry.chunks, sink):
-                                continue
+                            # A message's first entry on a link may carry its sender's trace.
+                            with _span_for(entry):
+                                if domain.append_now(
+                                    entry.thread_id, message_id, entry.chunks, sink
+                                ):
+                                    continue
                         except DomainError as exc:  # this entry only: the link goes on
                             refuse(entry, exc)
                             continue

@@ -112,7 +112,7 @@ class DynamicSettings:
 
     async def _watch(self) -> None:
         prefix = config_prefix(self.base)
-        host, port = self.base.host, self.base.etcd.client_port
+        host, port = self.base.etcd_host, self.base.etcd.client_port
         while True:
             try:
                 async with aetcd.Client(host=host, port=port, timeout=5) as client:

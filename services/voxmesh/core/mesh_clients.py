@@ -23,6 +23,7 @@ from voxmesh.core.domain_errors import Unavailable
 from voxmesh.core.mesh_tls import ReloadingTls, mesh_files, mesh_target_options
 from voxmesh.core.ring_membership import Member, RingMembership
 from voxmesh.core.settings import SERVICE_KINDS, ServiceKind, Settings
+from voxmesh.core.telemetry import client_interceptors
 from voxmesh.header.v1 import header_service_pb2_grpc as header_grpc
 from voxmesh.router.v1 import router_peer_service_pb2_grpc as peer_grpc
 
@@ -92,7 +93,9 @@ class MeshClients:
                 *self._options,
                 *mesh_target_options(self._settings, kind or self._kind_of(address)),
             ]
-            channel = grpc.aio.secure_channel(address, tls.channel_credentials(), options)
+            channel = grpc.aio.secure_channel(
+                address, tls.channel_credentials(), options, interceptors=client_interceptors()
+            )
             self._channels[address] = channel
         return channel
 

@@ -110,7 +110,7 @@ class RingMembership:
     async def start(self, me: Member | None) -> None:
         """Watch the rings; register ``me`` (in the background: etcd may not be up yet)."""
         self._me = me
-        host, port = self._settings.host, self._settings.etcd.client_port
+        host, port = self._settings.etcd_host, self._settings.etcd.client_port
         self._client = aetcd.Client(host=host, port=port, timeout=5)
         for kind in self._kinds:
             self._tasks.append(asyncio.create_task(self._watch(kind)))

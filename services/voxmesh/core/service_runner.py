@@ -37,6 +37,7 @@ from voxmesh.core.rpc_interceptors import (
 )
 from voxmesh.core.settings import ServiceKind, Settings
 from voxmesh.core.structured_logging import get_logger
+from voxmesh.core.telemetry import server_interceptors
 
 _log = get_logger(__name__)
 # A draining server stops once no new call has reached it for this long.
@@ -135,6 +136,8 @@ class ServiceRunner:
         service_settings = self.settings.service(self.kind)
         server = grpc.aio.server(
             interceptors=[
+                # Tracing first (when on), so every later interceptor and log line is in the span.
+                *server_interceptors(),
                 RequestContextInterceptor(),
                 self._metrics,
                 ErrorMappingInterceptor(self.kind),
@@ -210,9 +213,9 @@ class ServiceRunner:
             self.settings.host, metrics_port, lambda: self._serving
         )
         self.bound_metrics_port = self._metrics_server.server_port
-        self.address = f"{self.settings.host}:{self.bound_port}"
-        self.internal_address = f"{self.settings.host}:{self.bound_internal_port}"
-        self.node_id = f"{self.kind}-{self.settings.host}-{self.bound_port}"
+        self.address = f"{self.settings.reachable_host}:{self.bound_port}"
+        self.internal_address = f"{self.settings.reachable_host}:{self.bound_internal_port}"
+        self.node_id = f"{self.kind}-{self.settings.reachable_host}-{self.bound_port}"
         for hook in self.started_hooks:
             hook(self.node_id, self.address)
         await internal_server.start()

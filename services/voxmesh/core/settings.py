@@ -30,6 +30,7 @@ INSTANCE_PORT_STRIDE = 10
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
 class EtcdSettings:
+    host: str
     client_port: Port
     peer_port: int
     prefix: str
@@ -37,8 +38,11 @@ class EtcdSettings:
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
 class RedisSettings:
+    host: str
     port: Port
     appendfsync: Literal["always", "everysec"]
+    password_file: str
+    tls_ca_file: str
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
@@ -213,6 +217,15 @@ class PresenceSettings:
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class TracingSettings:
+    enabled: bool
+    otlp_endpoint: str
+    otlp_insecure: bool
+    sample_ratio: Annotated[float, pydantic.Field(ge=0, le=1)]
+    gcp_project: str
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
 class AuthSettings:
     provider: Literal["local", "oidc"]
     issuer: Annotated[str, pydantic.Field(min_length=1)]
@@ -266,6 +279,7 @@ class TlsSettings:
 class Settings:
     environment: str
     host: str
+    advertise_host: str
     zone: str
     run_dir: Path
     etcd: EtcdSettings
@@ -290,6 +304,20 @@ class Settings:
     notification_sender: NotificationSenderSettings
     presence: PresenceSettings
     webrtc: WebRtcSettings
+    tracing: TracingSettings
+
+    @property
+    def etcd_host(self) -> str:
+        return self.etcd.host or self.host
+
+    @property
+    def redis_host(self) -> str:
+        return self.redis.host or self.host
+
+    @property
+    def reachable_host(self) -> str:
+        """The host other processes reach this one at (what the rings record)."""
+        return self.advertise_host or self.host
 
     @property
     def sqlite_path(self) -> Path:

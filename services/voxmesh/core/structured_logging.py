@@ -1,4 +1,9 @@
-"""Structured logs: one JSON object per line on stderr, with the request id bound per RPC."""
+"""Structured logs: one JSON object per line on stderr, with the request id bound per RPC.
+
+JSON lines use Cloud Logging's field names, so GKE's agent files them right: ``severity``
+(DEBUG … CRITICAL), ``message``, ``time`` (RFC 3339), and, when tracing is on,
+``logging.googleapis.com/trace`` and ``…/spanId`` for the span the line was logged in.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +11,55 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, MutableMapping
 from typing import Any
 
 import structlog
 
 from voxmesh.core.settings import LogSettings
 
+_SEVERITY = {
+    "debug": "DEBUG",
+    "info": "INFO",
+    "warning": "WARNING",
+    "warn": "WARNING",
+    "error": "ERROR",
+    "exception": "ERROR",
+    "critical": "CRITICAL",
+    "fatal": "CRITICAL",
+}
 
-def configure_logging(settings: LogSettings, service: str) -> None:
+
+def add_severity(logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+    """Cloud Logging's ``severity`` from the logging method's name."""
+    event["severity"] = _SEVERITY.get(method, "DEFAULT")
+    return event
+
+
+def configure_logging(
+    settings: LogSettings, service: str, trace_processor: Any | None = None
+) -> None:
+    """``trace_processor`` (see telemetry.cloud_trace_fields) adds the span's trace fields."""
     level = getattr(logging, settings.level.upper())
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if settings.json else structlog.dev.ConsoleRenderer()
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
+    processors: list[Any] = [structlog.contextvars.merge_contextvars]
+    if trace_processor is not None:
+        processors.append(trace_processor)
+    if settings.json:
+        processors += [
+            add_severity,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
+            structlog.processors.format_exc_info,
+            structlog.processors.EventRenamer("message"),
+            structlog.processors.JSONRenderer(),
+        ]
+    else:
+        processors += [
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+            structlog.dev.ConsoleRenderer(),
+        ]
+    structlog.configure(
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -96,13 +97,27 @@ def _ms(stamp: Any, present: bool) -> int:
     return int(stamp.ToMilliseconds()) if present else 0
 
 
+def redis_client(settings: Settings) -> aioredis.Redis:
+    """Redis as configured: the local server, or Memorystore with AUTH and TLS."""
+    redis = settings.redis
+    password = Path(redis.password_file).read_text().strip() if redis.password_file else None
+    tls: dict[str, Any] = (
+        {"ssl": True, "ssl_ca_certs": redis.tls_ca_file} if redis.tls_ca_file else {}
+    )
+    return aioredis.Redis(
+        host=settings.redis_host,
+        port=redis.port,
+        password=password,
+        health_check_interval=30,
+        **tls,
+    )
+
+
 class NotificationSender(pb_grpc.NotificationServiceServicer):
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._push = settings.notification_sender
-        self._redis = aioredis.Redis(
-            host=settings.host, port=settings.redis.port, health_check_interval=30
-        )
+        self._redis = redis_client(settings)
         # Header nodes from the header ring (any one serves any thread; the thread's home
         # first); channels are made lazily, in the serving loop.
         self.membership = RingMembership(settings, ("header",))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ from voxmesh.core.mesh_clients import MeshClients
 from voxmesh.core.rpc_interceptors import error_for_status
 from voxmesh.core.settings import Settings
 from voxmesh.core.structured_logging import get_logger
+from voxmesh.core.telemetry import current_traceparent
 
 _log = get_logger(__name__)
 # Node failures, not verdicts on the data: worth resending (on the next node, or later).
@@ -108,21 +110,25 @@ class BodyLink:
         self._outbox_bytes = 0
         self._wake = asyncio.Event()
         self._closing = False
-        self._call = stub.AppendLink()  # type: ignore[call-arg]
-        self._sender = asyncio.create_task(self._send_frames())
-        self._reader = asyncio.create_task(self._read())
+        # A fresh context: the link outlives the message that opened it, so it must not carry
+        # that message's trace or request id (a message's first entry carries its own trace).
+        detached = contextvars.Context()
+        self._call = detached.run(stub.AppendLink)  # type: ignore[call-arg]
+        self._sender = asyncio.create_task(self._send_frames(), context=detached.copy())
+        self._reader = asyncio.create_task(self._read(), context=detached.copy())
 
     def send(self, writer: MessageWriter, chunks: Sequence[body_pb2.Chunk], first: bool) -> None:
         """Queue chunks of ``writer``'s message for the next frame (never awaits)."""
         self._writers[writer.message_id] = writer
-        self._outbox.append(
-            body_pb.AppendEntry(
-                thread_id=writer.thread_id,
-                message_id=writer.message_id,
-                content_type=writer.content_type if first else "",
-                chunks=chunks,
-            )
+        entry = body_pb.AppendEntry(
+            thread_id=writer.thread_id,
+            message_id=writer.message_id,
+            content_type=writer.content_type if first else "",
+            chunks=chunks,
         )
+        if first and writer.traceparent:
+            entry.traceparent = writer.traceparent
+        self._outbox.append(entry)
         self._wake.set()
 
     def forget(self, writer: MessageWriter) -> None:
@@ -217,6 +223,8 @@ class MessageWriter:
         self.thread_id = thread_id
         self.message_id = message_id
         self.content_type = content_type
+        # The Send's trace, for the message's first entry on each link ("" when not tracing).
+        self.traceparent = current_traceparent()
         self._on_ack = on_ack
         self._unacked: deque[body_pb2.Chunk] = deque()
         self._unacked_bytes = 0

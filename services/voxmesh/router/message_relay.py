@@ -37,6 +37,7 @@ from voxmesh.core.mesh_clients import MeshClients
 from voxmesh.core.rpc_interceptors import client_status
 from voxmesh.core.settings import Settings
 from voxmesh.core.structured_logging import get_logger
+from voxmesh.core.telemetry import current_traceparent
 from voxmesh.header.v1 import header_service_pb2 as header_pb
 from voxmesh.router.body_links import BodyLinks
 from voxmesh.router.device_hub import DeviceHub
@@ -138,6 +139,9 @@ class MessageRelay:
         if not remote:
             return
         payload = event.SerializeToString()
+        # Durable events (a start, a state change) carry the trace on to the peer router;
+        # live chunks never do, so the chunk path costs nothing with tracing on or off.
+        traceparent = "" if ephemeral else current_traceparent()
         for node_id, users in remote.items():
             member = self._mesh.membership.member("router", node_id)
             if member is None:
@@ -146,7 +150,11 @@ class MessageRelay:
             self._links.send(
                 member.mesh_address,
                 peer_pb.RelayEntry(
-                    user_ids=users, event=payload, exclude_device_id=exclude, ephemeral=ephemeral
+                    user_ids=users,
+                    event=payload,
+                    exclude_device_id=exclude,
+                    ephemeral=ephemeral,
+                    traceparent=traceparent,
                 ),
             )
 

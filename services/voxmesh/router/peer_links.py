@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +68,9 @@ class PeerLink:
         self._pending.append(entry)
         self._wake.set()
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run())
+            # A fresh context: the link outlives the call that opened it, so it must not
+            # inherit that call's trace or request id (entries carry their own traceparent).
+            self._task = asyncio.create_task(self._run(), context=contextvars.Context())
 
     async def _run(self) -> None:
         call = self._mesh.peer(self.address).Relay()  # type: ignore[call-arg]

@@ -7,6 +7,7 @@ from typing import Any
 
 from voxmesh.common.v1 import update_pb2
 from voxmesh.core.ring_membership import RingMembership
+from voxmesh.core.telemetry import continued_span
 from voxmesh.router.device_hub import DeviceHub
 from voxmesh.router.v1 import router_peer_service_pb2 as pb
 from voxmesh.router.v1 import router_peer_service_pb2_grpc as pb_grpc
@@ -43,23 +44,32 @@ class RouterPeer(pb_grpc.RouterPeerServiceServicer):
         window the source may run ahead by; users neither connected nor homed here come back
         as moved (the source resends to their new home). Event bytes go to the devices as
         they came, undecoded."""
-        hub = self._hub
         async for frame in request_iterator:
             ring = self._membership.ring("router")
             check_home = len(ring) > 0
             moved: list[str] = []
             for entry in frame.entries:
-                exclude = entry.exclude_device_id
-                for user in entry.user_ids:
-                    if hub.is_online(user):  # still connected here: delivered here
-                        hub.deliver_raw([user], entry.event, (user, exclude) if exclude else None)
-                    elif check_home and ring.home(user) != self.node_id:
-                        moved.append(user)
+                if entry.ephemeral or not entry.traceparent:
+                    self._deliver_entry(entry, ring, check_home, moved)
+                else:
+                    # A durable event (a start, a state change) joins its sender's trace.
+                    with continued_span("voxmesh.router.RelayDeliver", entry.traceparent):
+                        self._deliver_entry(entry, ring, check_home, moved)
             yield pb.RelayResponse(
                 acked_frame_seq=frame.frame_seq,
                 window_frames=RELAY_WINDOW_FRAMES,
                 moved_user_ids=moved,
             )
+
+    def _deliver_entry(
+        self, entry: pb.RelayEntry, ring: Any, check_home: bool, moved: list[str]
+    ) -> None:
+        exclude = entry.exclude_device_id
+        for user in entry.user_ids:
+            if self._hub.is_online(user):  # still connected here: delivered here
+                self._hub.deliver_raw([user], entry.event, (user, exclude) if exclude else None)
+            elif check_home and ring.home(user) != self.node_id:
+                moved.append(user)
 
     async def DeliverEvent(
         self, request: pb.DeliverEventRequest, context: Any
