@@ -17,7 +17,7 @@ from tests.deploy.tools import DEPLOY, ROOT, run, tool
 from voxmesh.core.settings import SERVICE_KINDS, Settings, load_settings
 
 # Custom resources the bundled schemas do not know: checked by the tests below instead.
-CUSTOM_KINDS = {"PodMonitoring"}
+CUSTOM_KINDS = {"PodMonitoring", "Issuer", "Certificate"}
 
 
 def _of(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
@@ -78,9 +78,26 @@ def test_manifests_agree_with_config(
         (container,) = pod["containers"]
         assert container["args"] == [kind]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert ports == {"grpc": service.port, "metrics": service.metrics_port}, kind
+        assert ports == {
+            "grpc": service.port,
+            "internal": service.internal_port,
+            "metrics": service.metrics_port,
+        }, kind
+        # TCP probes on the client port: it speaks TLS here and kubelet gRPC probes cannot.
+        assert not settings.tls.client_plaintext
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"]["port"] == service.port, f"{kind} {probe}"
+            assert container[probe]["tcpSocket"]["port"] == service.port, f"{kind} {probe}"
+        # The pod's certificate is where the settings look for it, for the kind it serves.
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert str(Path(settings.tls.cert_file).parent) == mounts["tls"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        secret = volumes["tls"]["secret"]["secretName"]
+        certificate = _one(docs, "Certificate", f"voxmesh-{kind}")
+        assert certificate["spec"]["secretName"] == secret
+        assert certificate["spec"]["dnsNames"] == [f"{kind}.{settings.tls.trust_domain}.internal"]
+        assert certificate["spec"]["uris"][0].startswith(
+            f"spiffe://{settings.tls.trust_domain}/{kind}/"
+        )
         # The pod outlives the drain: delay (and as long again until calls stop) + grace.
         needed = 2 * service.drain_delay_s + service.drain_grace_s
         grace = pod["terminationGracePeriodSeconds"]
@@ -98,6 +115,8 @@ def test_manifests_agree_with_config(
     envoy = _one(docs, "Deployment", "voxmesh-envoy")["spec"]["template"]["spec"]
     (proxy,) = envoy["containers"]
     assert proxy["ports"][0]["containerPort"] == settings.envoy.port
+    assert settings.envoy.routers_host == "voxmesh-router"  # the routers' headless Service
+    assert _one(docs, "Service", settings.envoy.routers_host)["spec"]["clusterIP"] == "None"
     assert envoy["initContainers"][0]["command"][:3] == ["voxmesh", "gateway", "render"]
     etcd_client = _one(docs, "Service", settings.etcd.host)
     assert etcd_client["spec"]["ports"][0]["port"] == settings.etcd.client_port
@@ -181,7 +200,9 @@ def test_network_policies(overlay: str, rendered: dict[str, list[dict[str, Any]]
     assert from_envoy["ports"] == [{"port": settings.router.port}]
     (mesh,) = policies["mesh-from-mesh"]["ingress"]
     assert mesh["from"] == [{"podSelector": {"matchLabels": {"voxmesh.io/mesh": "true"}}}]
-    assert {p["port"] for p in mesh["ports"]} == {settings.service(k).port for k in SERVICE_KINDS}
+    assert {p["port"] for p in mesh["ports"]} == {
+        settings.service(k).internal_port for k in SERVICE_KINDS
+    }
     etcd_rules = policies["etcd-from-mesh"]["ingress"]
     assert etcd_rules[0]["ports"] == [{"port": settings.etcd.client_port}]
     metrics = policies["metrics-from-managed-prometheus"]["ingress"][0]

@@ -65,6 +65,7 @@ class GcsSettings:
 class EnvoySettings:
     port: Port
     admin_port: int
+    routers_host: str
     cors_allow_origin_regex: tuple[str, ...]
     requests_per_ip_per_s: Annotated[int, pydantic.Field(ge=1)]
     requests_per_ip_burst: Annotated[int, pydantic.Field(ge=1)]

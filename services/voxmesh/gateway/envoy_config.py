@@ -12,6 +12,7 @@ client CA bundle (ALPN h2, which grpc servers require).
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,12 +118,20 @@ def _transport_sockets(settings: Settings) -> tuple[dict[str, Any], dict[str, An
     return listener, upstream
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def render_envoy_config(
     settings: Settings, routers: Sequence[tuple[str, int]] | None = None
 ) -> dict[str, Any]:
     """Envoy bootstrap as a dict (JSON is YAML, so ``json.dumps`` of it is a valid envoy.yaml)."""
     if routers is None:
-        routers = [(settings.host, settings.router.port)]
+        routers = [(settings.envoy.routers_host or settings.host, settings.router.port)]
     host = settings.host
     tls_listener: dict[str, Any] = {}
     tls_upstream: dict[str, Any] = {}
@@ -237,7 +246,8 @@ def render_envoy_config(
             "clusters": [
                 {
                     "name": "routers",
-                    "type": "STATIC",
+                    # Addresses as they are; a DNS name (a headless Service) re-resolved.
+                    "type": "STATIC" if all(_is_ip(h) for h, _ in routers) else "STRICT_DNS",
                     "connect_timeout": "1s",
                     "lb_policy": "ROUND_ROBIN",
                     **tls_upstream,
