@@ -1,4 +1,5 @@
-"""Rings on the real stack, with processes killed for real: 2 routers, 2 body nodes, etcd.
+"""Rings on the real stack, with processes killed for real: 2 routers, 2 header nodes, 2 body
+nodes, etcd.
 
 Leases are 2 s here (5 s by default) so the tests are quick; supervisord does not restart
 killed services, so what recovers is the ring, not a restart.
@@ -7,12 +8,14 @@ killed services, so what recovers is the ring, not a restart.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -33,14 +36,20 @@ from voxmesh.stack.local_stack import LocalStack
 pytestmark = pytest.mark.stack
 # 2 s keeps the tests quick; VOXMESH_RING_TEST_LEASE_S=5 measures with the default lease.
 LEASE_TTL_S = int(os.environ.get("VOXMESH_RING_TEST_LEASE_S", "2"))
+# Below the lease, to show that a dead member is dropped by the probe, not by its lease.
+PROBE_INTERVAL_S = 0.5
+# How long the client load runs after `voxmesh down` + `up` (the issue asks for 20 s:
+# VOXMESH_RING_TEST_RESTART_LOAD_S=20).
+RESTART_LOAD_S = float(os.environ.get("VOXMESH_RING_TEST_RESTART_LOAD_S", "6"))
 
 
 @pytest.fixture(scope="module")
 def ring_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     require_spanner_emulator()
     overrides: dict[str, Any] = stack_overrides(str(tmp_path_factory.mktemp("rings")))
-    overrides["rings"] = {"lease_ttl_s": LEASE_TTL_S, "suspect_s": 5.0}
+    overrides["rings"] = {"lease_ttl_s": LEASE_TTL_S, "probe_interval_s": PROBE_INTERVAL_S}
     overrides["router"]["instances"] = 2
+    overrides["header"]["instances"] = 2
     overrides["body"]["instances"] = 2
     overrides["body_store"] = {"abandon_after_s": 30.0}
     stack = LocalStack(load_settings(overrides=overrides))
@@ -150,7 +159,7 @@ async def test_every_process_is_in_its_ring_and_discover_agrees(
 ) -> None:
     assert [len(rings.members(k)) for k in ("router", "header", "body", "notification")] == [
         2,
-        1,
+        2,
         2,
         1,
     ]
@@ -508,7 +517,7 @@ async def test_etcd_restart_members_register_again_and_rings_recover(
     await _wait_for(
         lambda: (
             [len(rings.members(k)) for k in ("router", "header", "body", "notification")]
-            == [2, 1, 2, 1]
+            == [2, 2, 2, 1]
         ),
         3 * LEASE_TTL_S + 10,
         "every member to register again",
@@ -531,3 +540,418 @@ async def test_etcd_restart_members_register_again_and_rings_recover(
                 await asyncio.sleep(0.1)
         finally:
             await device.close()
+
+
+# -- membership that never points at the dead -----------------------------------------------
+
+
+@dataclasses.dataclass
+class _Load:
+    """What clients saw: calls made, the documented failovers, and every call that failed."""
+
+    began: float
+    calls: int = 0
+    failovers: int = 0
+    failed: list[tuple[str, str, str, float]] = dataclasses.field(default_factory=list)
+
+    def fail(self, what: str, exc: grpc.aio.AioRpcError) -> None:
+        at = time.monotonic() - self.began
+        self.failed.append((what, exc.code().name, str(exc.details())[:160], round(at, 2)))
+
+
+async def _routers_of(settings: Settings, user: str) -> list[Device]:
+    """A client's devices on each router of its preference list (Discover on any router)."""
+    for index in range(settings.router.instances):
+        port = settings.router.instance_ports(index)[0]
+        probe = Device(settings, user, "d", f"{settings.host}:{port}")
+        try:
+            found = await probe.call("Discover", pb.DiscoverRequest(user_id=user))
+        except grpc.aio.AioRpcError:
+            continue
+        finally:
+            await probe.close()
+        return [Device(settings, user, "d", r.address) for r in found.routers]
+    raise AssertionError("no router answered Discover")
+
+
+async def _unary(routers: list[Device], load: _Load, method: str, request: Any) -> Any:
+    """A unary call as a client makes it: on its router; if that router is UNAVAILABLE, once
+    more on the next router of its list (the one documented retry), which it then keeps."""
+    for attempt in range(2):
+        try:
+            reply = await routers[0].call(method, request)
+            load.calls += 1
+            return reply
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt == 0 and len(routers) > 1:
+                load.failovers += 1
+                routers.append(routers.pop(0))
+                continue
+            load.calls += 1
+            load.fail(method, exc)
+            return None
+    return None
+
+
+async def _metric(settings: Settings, kind: str, name: str, label: str) -> float:
+    """The sum over every router of one labelled counter from its /metrics."""
+
+    def scrape(port: int) -> float:
+        try:
+            with urllib.request.urlopen(f"http://{settings.host}:{port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return 0.0  # a killed router
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(f"{name}{{") and f'{label}="{kind}"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    ports = [settings.router.instance_ports(i)[1] for i in range(settings.router.instances)]
+    values = await asyncio.gather(*(asyncio.to_thread(scrape, p) for p in ports))
+    return sum(values)
+
+
+async def _all_messages(device: Device, thread: str) -> set[str]:
+    found: set[str] = set()
+    token = ""
+    while True:
+        page = await device.call(
+            "ListMessages",
+            pb.ListMessagesRequest(thread_id=thread, page_size=100, page_token=token),
+        )
+        found.update(h.message_id for h in page.headers)
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+async def test_killing_a_header_node_under_load_fails_no_call_and_loses_no_write(
+    ring_stack: LocalStack, rings: RingMembership
+) -> None:
+    settings = ring_stack.settings
+    users = [f"hk-{i}" for i in range(6)]
+    routers = {u: await _routers_of(settings, u) for u in users}
+    threads: list[tuple[str, str]] = []  # (thread, owner)
+    while len(threads) < 30:
+        owner, other = users[len(threads) % 6], users[(len(threads) + 1) % 6]
+        threads.append((await _group(routers[owner][0], routers[other][0]), owner))
+        nodes = [rings.preference_list("header", t)[0].address for t, _ in threads]
+        if (
+            len(threads) >= 6
+            and min(nodes.count(n) for n in set(nodes)) >= 2
+            and len(set(nodes)) == 2
+        ):
+            break
+    victim_address = rings.preference_list("header", threads[0][0])[0].address
+    victim = _component_for(ring_stack, victim_address)
+    load = _Load(time.monotonic())
+    acked: dict[str, list[str]] = {t: [] for t, _ in threads}
+    voice_done: list[str] = []
+    stop = asyncio.Event()
+
+    async def writer(thread: str, owner: str) -> None:
+        while not stop.is_set():
+            message_id = uuid7()
+            reply = await _unary(
+                routers[owner],
+                load,
+                "SendText",
+                pb.SendTextRequest(
+                    message_id=message_id, thread_id=thread, device_id="d", text="hi"
+                ),
+            )
+            if reply is not None:
+                acked[thread].append(message_id)
+            await _unary(
+                routers[owner], load, "ListMessages", pb.ListMessagesRequest(thread_id=thread)
+            )
+            await _unary(routers[owner], load, "GetThread", pb.GetThreadRequest(thread_id=thread))
+            await asyncio.sleep(0.02)
+
+    async def reader(user: str) -> None:
+        while not stop.is_set():
+            await _unary(routers[user], load, "ListThreads", pb.ListThreadsRequest())
+            await _unary(routers[user], load, "ListTimeline", pb.ListTimelineRequest(device_id="d"))
+            await asyncio.sleep(0.05)
+
+    async def talker(thread: str, owner: str) -> None:
+        while not stop.is_set():
+            message_id = uuid7()
+            try:
+                responses = await send_voice(
+                    routers[owner][0],
+                    thread,
+                    message_id,
+                    voice_chunks(25, seed=message_id),
+                    pace_s=0.01,
+                )
+                load.calls += 1
+                assert responses[-1].completed.header.chunk_count == 25
+                voice_done.append(message_id)
+            except grpc.aio.AioRpcError as exc:
+                load.calls += 1
+                load.fail("Send", exc)
+
+    suspected_before = await _metric(
+        settings, "header", "voxmesh_mesh_members_suspected_total", "kind"
+    )
+    retries_before = await _metric(settings, "header", "voxmesh_mesh_retries_total", "kind")
+    tasks = [asyncio.create_task(writer(t, o)) for t, o in threads[:8]]
+    tasks += [asyncio.create_task(reader(u)) for u in users]
+    tasks.append(asyncio.create_task(talker(*threads[0])))
+    try:
+        await asyncio.sleep(1.5)
+        os.kill(_pid(ring_stack, victim), signal.SIGKILL)
+        killed_at = time.monotonic()
+        suspected_in = None
+        while time.monotonic() - killed_at < 3.0:
+            if suspected_in is None and (
+                await _metric(settings, "header", "voxmesh_mesh_members_suspected_total", "kind")
+                > suspected_before
+            ):
+                suspected_in = time.monotonic() - killed_at
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        retries = (
+            await _metric(settings, "header", "voxmesh_mesh_retries_total", "kind") - retries_before
+        )
+        # No acknowledged write lost: every SendText that answered OK is in its thread, and
+        # every voice message that completed is whole.
+        lost = 0
+        for thread, owner in threads[:8]:
+            stored = await _all_messages(routers[owner][0], thread)
+            lost += len([m for m in acked[thread] if m not in stored])
+        for message_id in voice_done[-3:]:
+            chunks, end = await routers[threads[0][1]][0].read_body(threads[0][0], message_id)
+            assert [c.index for c in chunks] == list(range(25))
+            assert end.end.state == message_pb2.MESSAGE_STATE_COMPLETE
+        print(
+            f"\nkill -9 of header node {victim_address} under load: {load.calls} client calls, "
+            f"{len(load.failed)} failed, {load.failovers} client failovers, {int(retries)} "
+            f"router retries on the next header node, suspect after "
+            f"{suspected_in if suspected_in is None else round(suspected_in, 3)} s "
+            f"(probe {PROBE_INTERVAL_S} s, lease {LEASE_TTL_S} s); "
+            f"{sum(map(len, acked.values()))} acked texts, {lost} lost; {len(voice_done)} voice "
+            f"messages"
+        )
+        assert load.failed == []
+        assert lost == 0
+        assert sum(map(len, acked.values())) > 8 and voice_done
+        assert suspected_in is not None and suspected_in < LEASE_TTL_S
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        for devices in routers.values():
+            for device in devices:
+                await device.close()
+        _restart(ring_stack, victim)
+        await _wait_for(lambda: len(rings.members("header")) == 2, 20, "the header node to rejoin")
+
+
+async def _keep_updates_open(
+    settings: Settings, user: str, load: _Load, stop: asyncio.Event, live: dict[str, str]
+) -> None:
+    """A device's updates stream as a client keeps it: Discover, connect to the first router
+    (the next one if it is UNAVAILABLE), resume from the cursor whenever the stream ends. A
+    refusal (a redirect naming a dead router, an error) is a failure."""
+    cursor = ""
+    while not stop.is_set():
+        try:
+            routers = await _routers_of(settings, user)
+        except AssertionError:
+            await asyncio.sleep(0.05)
+            continue
+        try:
+            for attempt, device in enumerate(routers[:2]):
+                try:
+                    async for frame in device.updates(cursor=cursor):
+                        cursor = frame.cursor or cursor
+                        if any(e.HasField("caught_up") for e in frame.events):
+                            live[user] = device.address
+                        if stop.is_set():
+                            return
+                    break  # the stream ended (the router moved us): reconnect
+                except grpc.aio.AioRpcError as exc:
+                    live.pop(user, None)
+                    if stop.is_set() or exc.code() == grpc.StatusCode.CANCELLED:
+                        return
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                        if attempt == 0 and user not in live:
+                            load.failovers += 1  # its router just died: the next one
+                            continue
+                        break  # the stream broke: Discover again
+                    load.fail(f"Updates {user}", exc)
+                    await asyncio.sleep(0.1)
+                    break
+        finally:
+            for device in routers:
+                await device.close()
+
+
+async def test_killing_a_router_under_load_fails_no_call_and_discover_drops_it_at_once(
+    ring_stack: LocalStack, rings: RingMembership
+) -> None:
+    settings = ring_stack.settings
+    users = [f"rkl-{i}" for i in range(8)]
+    homes = {u: rings.preference_list("router", u)[0].address for u in users}
+    assert len(set(homes.values())) == 2, "8 users should be homed on both routers"
+    victim_address = homes[users[0]]
+    victim = _component_for(ring_stack, victim_address)
+    survivor = next(m.address for m in rings.members("router") if m.address != victim_address)
+    routers = {u: await _routers_of(settings, u) for u in users}
+    thread = await _group(routers[users[0]][0], *(routers[u][0] for u in users[1:]))
+    load = _Load(time.monotonic())
+    stop = asyncio.Event()
+    live: dict[str, str] = {}
+
+    async def caller(user: str) -> None:
+        while not stop.is_set():
+            await _unary(routers[user], load, "GetThread", pb.GetThreadRequest(thread_id=thread))
+            await _unary(routers[user], load, "ListThreads", pb.ListThreadsRequest())
+            await asyncio.sleep(0.03)
+
+    watchers = [
+        asyncio.create_task(_keep_updates_open(settings, u, load, stop, live)) for u in users
+    ]
+    callers = [asyncio.create_task(caller(u)) for u in users]
+    observer = Device(settings, users[0], "d", survivor)
+    try:
+        await _wait_for(lambda: len(live) == len(users), 20, "every device to be live")
+        await asyncio.sleep(0.5)
+        os.kill(_pid(ring_stack, victim), signal.SIGKILL)
+        killed_at = time.monotonic()
+        dropped_in = None
+        while dropped_in is None and time.monotonic() - killed_at < LEASE_TTL_S + 3:
+            found = await observer.call("Discover", pb.DiscoverRequest(user_id=users[0]))
+            if victim_address not in [r.address for r in found.routers]:
+                dropped_in = time.monotonic() - killed_at
+            await asyncio.sleep(0.01)
+        # Every device is live again, on the survivor, and stays so.
+        recovered_in = await _wait_for(
+            lambda: len(live) == len(users) and set(live.values()) == {survivor},
+            LEASE_TTL_S + 5,
+            "every device to be live on the surviving router",
+        )
+        recovered_in += time.monotonic() - killed_at - recovered_in
+        await asyncio.sleep(1.0)
+        stop.set()
+        for task in callers:
+            await asyncio.wait_for(task, 30)
+        print(
+            f"\nkill -9 of router {victim_address} under load: {load.calls} client calls, "
+            f"{len(load.failed)} failed, {load.failovers} client failovers; Discover stopped "
+            f"naming it after {dropped_in if dropped_in is None else round(dropped_in, 3)} s "
+            f"(probe {PROBE_INTERVAL_S} s, lease {LEASE_TTL_S} s); all {len(users)} devices live "
+            f"again {recovered_in:.2f} s after the kill"
+        )
+        assert load.failed == []
+        assert dropped_in is not None and dropped_in <= PROBE_INTERVAL_S + 0.5 < LEASE_TTL_S
+    finally:
+        stop.set()
+        for task in [*callers, *watchers]:
+            task.cancel()
+        await asyncio.gather(*callers, *watchers, return_exceptions=True)
+        await observer.close()
+        for devices in routers.values():
+            for device in devices:
+                await device.close()
+        _restart(ring_stack, victim)
+        await _wait_for(lambda: len(rings.members("router")) == 2, 20, "the router to rejoin")
+
+
+async def _member_keys_with_etcd_alone(stack: LocalStack) -> list[str]:
+    """Start etcd alone from the stack's data directory and list the member keys it kept."""
+    import aetcd
+
+    etcd = next(c for c in stack.components if c.name == "etcd")
+    process = await asyncio.create_subprocess_exec(
+        *etcd.command,
+        env={**os.environ, **etcd.env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        await _wait_for(lambda: etcd.probe().ready, 20, "etcd alone")
+        settings = stack.settings
+        async with aetcd.Client(host=settings.host, port=settings.etcd.client_port) as client:
+            listing = await client.get_prefix(f"{settings.etcd.prefix}/members/".encode())
+            return [kv.key.decode() for kv in listing]
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 10)
+
+
+async def test_z_down_then_up_leaves_no_member_behind_and_no_call_fails(
+    ring_stack: LocalStack,
+) -> None:
+    """Last in this module: it takes the stack down. `voxmesh down` stops stage by stage, so
+    every service revokes its lease while etcd is still up; `up` again (one of each) then
+    starts with rings that hold only live members."""
+    began = time.monotonic()
+    await asyncio.to_thread(ring_stack.down)
+    down_s = time.monotonic() - began
+    assert await _member_keys_with_etcd_alone(ring_stack) == []
+    settings = ring_stack.settings
+    single = dataclasses.replace(
+        settings,
+        router=dataclasses.replace(settings.router, instances=1),
+        header=dataclasses.replace(settings.header, instances=1),
+        body=dataclasses.replace(settings.body, instances=1),
+    )
+    stack = LocalStack(single)
+    await asyncio.to_thread(stack.up)
+    load = _Load(time.monotonic())
+    stop = asyncio.Event()
+    live: dict[str, str] = {}
+    users = [f"fresh-{i}" for i in range(8)]
+    try:
+
+        async def caller(user: str) -> None:
+            routers = await _routers_of(single, user)
+            peer = users[(users.index(user) + 1) % len(users)]
+            reply = await _unary(
+                routers,
+                load,
+                "CreateThread",
+                pb.CreateThreadRequest(kind=thread_pb2.THREAD_KIND_GROUP, member_user_ids=[peer]),
+            )
+            thread = reply.thread.thread_id if reply is not None else ""
+            while not stop.is_set():
+                await _unary(routers, load, "ListThreads", pb.ListThreadsRequest())
+                if thread:
+                    await _unary(
+                        routers,
+                        load,
+                        "SendText",
+                        pb.SendTextRequest(
+                            message_id=uuid7(), thread_id=thread, device_id="d", text="up"
+                        ),
+                    )
+                await asyncio.sleep(0.05)
+            for device in routers:
+                await device.close()
+
+        tasks = [asyncio.create_task(caller(u)) for u in users]
+        tasks += [
+            asyncio.create_task(_keep_updates_open(single, u, load, stop, live)) for u in users
+        ]
+        await asyncio.sleep(RESTART_LOAD_S)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks[: len(users)]), 30)
+        for task in tasks[len(users) :]:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        print(
+            f"\ndown (2 routers, 2 headers, 2 bodies) took {down_s:.1f} s and left no member key;"
+            f" after up: {load.calls} client calls in {RESTART_LOAD_S:g} s, {len(load.failed)} "
+            f"failed, {len(live)}/{len(users)} devices live"
+        )
+        assert load.failed == []
+        assert load.calls > 50
+    finally:
+        await asyncio.to_thread(stack.down)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -34,7 +34,7 @@ from voxmesh.body.v1 import body_service_pb2 as pb
 from voxmesh.body.v1 import body_service_pb2_grpc as pb_grpc
 from voxmesh.common.v1 import body_pb2 as body_pb
 from voxmesh.common.v1 import message_pb2 as message_pb
-from voxmesh.core.domain_errors import DomainError, InvalidArgument
+from voxmesh.core.domain_errors import DomainError, InvalidArgument, Unavailable
 from voxmesh.core.mesh_clients import MeshClients
 from voxmesh.core.ring_membership import RingMembership
 from voxmesh.core.rpc_interceptors import status_for
@@ -357,14 +357,11 @@ def create_body_service(settings: Settings) -> ServiceParts:
             reraise=True,
         ):
             with attempt:
-                address, stub = mesh.header_node(thread_id)
-                try:
-                    await stub.SetMessageState(request, timeout=10)
+                try:  # over the header ring: a failed header node is skipped within the call
+                    await mesh.header(thread_id).SetMessageState(request, timeout=10)
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                         return  # completed, recalled or deleted meanwhile: nothing to do
-                    if _header_unreachable(exc):
-                        mesh.suspect(address)  # the next attempt goes to another header node
                     raise
 
     domain.on_abandoned = tell_header
@@ -374,14 +371,23 @@ def create_body_service(settings: Settings) -> ServiceParts:
                 "voxmesh.body.v1.BodyService", servicer, pb_grpc.add_BodyServiceServicer_to_server
             )
         ],
-        startup_hooks=[domain.start],
+        startup_hooks=[domain.start, _started(mesh)],
         shutdown_hooks=[domain.close, mesh.close],
         membership=membership,
         settings_listeners=[lambda new: setattr(domain, "limits", BodyLimits.from_settings(new))],
     )
 
 
+def _started(mesh: MeshClients) -> Callable[[], Awaitable[None]]:
+    async def start() -> None:
+        mesh.start()  # the header ring's health probe
+
+    return start
+
+
 def _header_unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, Unavailable):  # no header node could take it just now
+        return True
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,

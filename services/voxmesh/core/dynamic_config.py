@@ -27,7 +27,16 @@ _log = get_logger(__name__)
 _RETRY_S = 0.5
 
 DYNAMIC_SECTIONS = ("limits", "rate_limits", "body_store", "updates")
-DYNAMIC_KEYS = ("rings.vnodes", "rings.preference_list_size", "rings.suspect_s")
+DYNAMIC_KEYS = (
+    "rings.vnodes",
+    "rings.preference_list_size",
+    "rings.probe_interval_s",
+    "rings.probe_timeout_s",
+    "rings.probe_misses_to_suspect",
+    "rings.max_attempts",
+    "rings.retry_budget_tokens",
+    "rings.retry_budget_ratio",
+)
 
 SettingsListener = Callable[[Settings], None]
 

@@ -69,7 +69,13 @@ class RingMembership:
 
     @property
     def kinds(self) -> tuple[str, ...]:
+        """The rings this process watches."""
         return self._kinds
+
+    @property
+    def me(self) -> Member | None:
+        """This process, if it registers in a ring."""
+        return self._me
 
     def ring(self, kind: str) -> HashRing:
         return self._rings[kind]

@@ -168,7 +168,12 @@ class RingSettings:
     lease_ttl_s: Annotated[int, pydantic.Field(ge=2)]
     vnodes: Annotated[int, pydantic.Field(gt=0)]
     preference_list_size: Annotated[int, pydantic.Field(gt=0)]
-    suspect_s: Annotated[float, pydantic.Field(gt=0)]
+    probe_interval_s: Annotated[float, pydantic.Field(gt=0)]
+    probe_timeout_s: Annotated[float, pydantic.Field(gt=0)]
+    probe_misses_to_suspect: Annotated[int, pydantic.Field(ge=1)]
+    max_attempts: Annotated[int, pydantic.Field(ge=1, le=5)]
+    retry_budget_tokens: Annotated[float, pydantic.Field(gt=0, le=1000)]
+    retry_budget_ratio: Annotated[float, pydantic.Field(gt=0, le=1)]
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)

@@ -19,7 +19,7 @@ import grpc
 import redis.asyncio as aioredis
 
 from voxmesh.common.v1 import device_pb2, message_pb2, thread_pb2
-from voxmesh.core.domain_errors import InvalidArgument
+from voxmesh.core.domain_errors import InvalidArgument, Unavailable
 from voxmesh.core.ids import require_id
 from voxmesh.core.mesh_clients import MeshClients
 from voxmesh.core.ring_membership import RingMembership
@@ -140,6 +140,7 @@ class NotificationSender(pb_grpc.NotificationServiceServicer):
 
     async def open(self) -> None:
         self._providers = create_providers(self._push, self._webhooks)
+        self._mesh.start()  # the header ring's health probe
 
     def bind(self, node_id: str, address: str) -> None:
         """Start delivering once the node id is known: it names this node's consumer."""
@@ -343,7 +344,7 @@ class NotificationSender(pb_grpc.NotificationServiceServicer):
                 header_pb.GetThreadRequest(thread_id=thread_id)
             )
             title = reply.thread.title
-        except grpc.aio.AioRpcError:
+        except (grpc.aio.AioRpcError, Unavailable):
             return ""  # a push without the group's name beats no push
         if len(self._titles) > 10_000:
             self._titles.clear()

@@ -31,6 +31,7 @@ from voxmesh.core.domain_errors import (
     FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
+    Unavailable,
 )
 from voxmesh.core.ids import require_id
 from voxmesh.core.mesh_clients import MeshClients
@@ -125,15 +126,15 @@ class MessageRelay:
 
         Serialized once, whatever the number of peers; never awaits.
         """
-        ring = self._mesh.membership.ring("router")
         remote: dict[str, list[str]] = {}
         local: list[str] = []
         for user in user_ids:
-            home = ring.home(user) if len(ring) else None
-            if home is None or home == self.node_id:
+            # The first healthy router of the user's preference list: where its devices are.
+            member = self._mesh.home("router", user)
+            if member is None or member.node_id == self.node_id:
                 local.append(user)
             else:
-                remote.setdefault(home, []).append(user)
+                remote.setdefault(member.mesh_address, []).append(user)
         if local:
             self._hub.deliver(local, event, skip_device)
         if not remote:
@@ -142,13 +143,10 @@ class MessageRelay:
         # Durable events (a start, a state change) carry the trace on to the peer router;
         # live chunks never do, so the chunk path costs nothing with tracing on or off.
         traceparent = "" if ephemeral else current_traceparent()
-        for node_id, users in remote.items():
-            member = self._mesh.membership.member("router", node_id)
-            if member is None:
-                continue
+        for address, users in remote.items():
             exclude = skip_device[1] if skip_device and skip_device[0] in users else ""
             self._links.send(
-                member.mesh_address,
+                address,
                 peer_pb.RelayEntry(
                     user_ids=users,
                     event=payload,
@@ -162,21 +160,19 @@ class MessageRelay:
         self, users: list[str], entry: peer_pb.RelayEntry, from_address: str
     ) -> None:
         """A peer said these users are not homed there (any more): resend to their home now."""
-        ring = self._mesh.membership.ring("router")
         exclude = entry.exclude_device_id
         remote: dict[str, list[str]] = {}
         for user in users:
-            home = ring.home(user) if len(ring) else None
-            if home is None or home == self.node_id:
+            member = self._mesh.home("router", user)  # the first healthy router
+            if member is None or member.node_id == self.node_id:
                 self._hub.deliver_raw([user], entry.event, (user, exclude) if exclude else None)
             else:
-                remote.setdefault(home, []).append(user)
-        for node_id, moved in remote.items():
-            member = self._mesh.membership.member("router", node_id)
-            if member is None or member.address == from_address:
+                remote.setdefault(member.mesh_address, []).append(user)
+        for address, moved in remote.items():
+            if address == from_address:
                 continue  # this router's ring has not caught up yet: the event stays lost
             self._links.send(
-                member.address,
+                address,
                 peer_pb.RelayEntry(
                     user_ids=moved,
                     event=entry.event,
@@ -258,8 +254,7 @@ class MessageRelay:
 
     async def _stat(self, header: message_pb2.MessageHeader) -> body_pb2.BodyStat:
         try:
-            _, body = self._mesh.body(header.message_id)
-            reply = await body.StatBody(
+            reply = await self._mesh.body_unary(header.message_id).StatBody(
                 body_pb.StatBodyRequest(thread_id=header.thread_id, message_id=header.message_id)
             )
         except grpc.aio.AioRpcError as exc:
@@ -301,8 +296,7 @@ class MessageRelay:
     ) -> message_pb2.MessageHeader:
         """Body final (one object), then header complete, then tell every target."""
         field_rules.check_fields(end, "end")  # before the body is finished
-        _, body = self._mesh.body(live.message_id)
-        await body.FinishBody(
+        await self._mesh.body_unary(live.message_id).FinishBody(
             body_pb.FinishBodyRequest(
                 thread_id=live.thread_id,
                 message_id=live.message_id,
@@ -510,8 +504,7 @@ class MessageRelay:
                 return
             kept = message_pb2.MessageEnd()  # no chunk ever arrived: no body
             try:
-                _, body = self._mesh.body(live.message_id)
-                finished = await body.FinishBody(
+                finished = await self._mesh.body_unary(live.message_id).FinishBody(
                     body_pb.FinishBodyRequest(
                         thread_id=live.thread_id, message_id=live.message_id, final_state=ABANDONED
                     )
@@ -566,9 +559,8 @@ class MessageRelay:
             body = header.body if header.HasField("body") else None
             # A forward shares its source's body: only the original's own body is deleted.
             if body is None or not body.message_id or body.message_id == message_id:
-                _, body_node = self._mesh.body(message_id)
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    await body_node.DeleteBody(
+                with contextlib.suppress(grpc.aio.AioRpcError, Unavailable):
+                    await self._mesh.body_unary(message_id).DeleteBody(
                         body_pb.DeleteBodyRequest(
                             thread_id=thread_id, message_id=message_id, reason=state
                         )

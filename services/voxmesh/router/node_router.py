@@ -20,7 +20,7 @@ from voxmesh.core.client_auth import AuthInterceptor, current_caller, token_veri
 from voxmesh.core.domain_errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from voxmesh.core.ids import new_uuid7, require_id
 from voxmesh.core.mesh_clients import RING_KINDS, MeshClients
-from voxmesh.core.ring_membership import RingMembership
+from voxmesh.core.ring_membership import Member, RingMembership
 from voxmesh.core.rpc_interceptors import FieldCheckInterceptor
 from voxmesh.core.service_runner import Exposure, Registration, ServiceParts
 from voxmesh.core.settings import Settings
@@ -62,6 +62,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self.relay = MessageRelay(settings, self.hub, self._mesh, self._links)
         self._updates = UpdatesStreamer(settings.updates, self.hub, self._mesh)
         membership.on_change(self._ring_changed)
+        self._mesh.health.on_change(self._ring_changed)  # a suspect router is not a home
         # Pushes, unread counts and presence: told by the relay and the hub, never awaited.
         self.notices = PushNotices(settings, self.hub, self._mesh)
         self.webrtc = WebRtcSessions(settings, self.relay.send, self._read_chunks)
@@ -87,11 +88,15 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         """Devices whose user is now homed elsewhere must move there (the rendezvous)."""
         if kind != "router" or not self._self.node_id:
             return
-        ring = self._mesh.membership.ring("router")
-        if not len(ring):
+        if not len(self._mesh.membership.ring("router")):
             return
+
+        def homed_here(user: str) -> bool:
+            home = self._mesh.home("router", user)
+            return home is None or home.node_id == self._self.node_id
+
         moved = self.hub.close_users(
-            lambda user: ring.home(user) == self._self.node_id,
+            homed_here,
             f"{MOVED} the user's home router changed: Discover and reconnect with your cursor",
         )
         if moved:
@@ -107,6 +112,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self._links.source_node_id = node_id
 
     async def open(self) -> None:
+        self._mesh.start()
         await self.notices.start()
         await self.presence.start()
 
@@ -170,9 +176,21 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
 
     # -- discovery -------------------------------------------------------------------------
 
+    def home_node(self, user_id: str) -> str | None:
+        """The node id of the user's home router: the first healthy one of its list."""
+        home = self._mesh.home("router", user_id)
+        return None if home is None else home.node_id
+
+    async def _routers_for(self, user_id: str) -> list[Member]:
+        """The user's routers, never one whose health probe fails; a router whose connection
+        just dropped is probed first (a router killed a moment ago is not named)."""
+        members = self._mesh.routers_for(user_id)
+        await self._mesh.verify(members)
+        return self._mesh.routers_for(user_id)
+
     async def Discover(self, request: pb.DiscoverRequest, context: Context) -> pb.DiscoverResponse:
         require_id(request.user_id, "user_id")
-        members = self._mesh.routers_for(request.user_id)
+        members = await self._routers_for(request.user_id)
         if not members:  # no ring known (etcd unreachable): this router is all there is
             return pb.DiscoverResponse(routers=[self._self])
         return pb.DiscoverResponse(
@@ -249,8 +267,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
 
     async def _append(self, live: Any, chunks: Any, content_type: str = "") -> body_pb2.DurableAck:
         stored = self.relay.relay_chunks(live, chunks)
-        _, body = self._mesh.body(live.message_id)
-        reply = await body.AppendChunksBatch(
+        reply = await self._mesh.body_unary(live.message_id).AppendChunksBatch(
             body_pb.AppendChunksBatchRequest(
                 thread_id=live.thread_id,
                 message_id=live.message_id,
@@ -322,7 +339,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self, request: pb.UpdatesRequest, context: Context
     ) -> AsyncIterator[pb.UpdatesResponse]:
         user = current_caller().user_id
-        members = self._mesh.routers_for(user)
+        members = await self._routers_for(user)
         if members and members[0].node_id != self._self.node_id:
             # A user's devices all meet at the user's home router (the rendezvous), the first
             # live router of the preference list: a dead home leaves the ring when its lease
@@ -342,25 +359,26 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     ) -> AsyncIterator[pb.ReadBodyResponse]:
         user = current_caller().user_id
         thread_id, message_id = await self._body_of(user, request.thread_id, request.message_id)
-        _, body = self._mesh.body(message_id)
-        call = body.ReadChunks(
+        frames = self._mesh.stream(
+            "body",
+            message_id,
+            "ReadChunks",
             body_pb.ReadChunksRequest(
                 thread_id=thread_id,
                 message_id=message_id,
                 origin=request.origin,
                 from_index=request.from_index,
                 stored_only=request.stored_only,
-            )
+            ),
         )
-        async for frame in call:
+        async for frame in frames:
             # Same field layout: the bytes are a valid ReadBodyResponse.
             yield pb.ReadBodyResponse.FromString(frame.SerializeToString())
 
     def _read_chunks(
         self, request: body_pb.ReadChunksRequest
     ) -> AsyncIterator[body_pb.ReadChunksResponse]:
-        _, body = self._mesh.body(request.message_id)
-        return body.ReadChunks(request).__aiter__()
+        return self._mesh.stream("body", request.message_id, "ReadChunks", request)
 
     # -- WebRTC ----------------------------------------------------------------------------
 
@@ -394,8 +412,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     ) -> pb.ReadBodyRangeResponse:
         user = current_caller().user_id
         thread_id, message_id = await self._body_of(user, request.thread_id, request.message_id)
-        _, body = self._mesh.body(message_id)
-        reply = await body.ReadRange(
+        reply = await self._mesh.body_unary(message_id).ReadRange(
             body_pb.ReadRangeRequest(
                 thread_id=thread_id,
                 message_id=message_id,
@@ -822,6 +839,7 @@ def create_router_service(settings: Settings) -> ServiceParts:
     membership = RingMembership(settings, RING_KINDS)
     router = NodeRouter(settings, membership)
     peer = RouterPeer(router.hub, membership)
+    peer.home_of = router.home_node
     verifier = token_verifier(settings.auth)
     return ServiceParts(
         [

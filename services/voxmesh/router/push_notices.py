@@ -27,13 +27,12 @@ import tenacity
 from google.protobuf import duration_pb2
 
 from voxmesh.common.v1 import device_pb2, mark_pb2, message_pb2, thread_pb2
-from voxmesh.core.domain_errors import PermissionDenied
+from voxmesh.core.domain_errors import PermissionDenied, Unavailable
 from voxmesh.core.ids import require_id
 from voxmesh.core.mesh_clients import MeshClients
 from voxmesh.core.settings import Settings
 from voxmesh.core.structured_logging import get_logger
 from voxmesh.notification.v1 import notification_service_pb2 as n_pb
-from voxmesh.notification.v1 import notification_service_pb2_grpc as n_grpc
 from voxmesh.router.device_hub import DeviceHub
 
 _log = get_logger(__name__)
@@ -62,6 +61,8 @@ _RETRYABLE = (
 
 
 def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, Unavailable):  # no notification node could take it just now
+        return True
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _RETRYABLE
 
 
@@ -112,21 +113,12 @@ class PushNotices:
 
     # -- the notification node of a user ---------------------------------------------------
 
-    def _stub(self, user_id: str) -> tuple[str, n_grpc.NotificationServiceAsyncStub]:
-        address = self._mesh.candidates("notification", user_id)[0]
-        return address, n_grpc.NotificationServiceStub(self._mesh.channel(address, "notification"))
-
     async def _call(self, method: str, key: str, request: Any) -> Any:
-        address, stub = self._stub(key)
-        try:
-            # wait_for_ready: a node restarting is waited for (within the timeout), not failed.
-            return await getattr(stub, method)(
-                request, timeout=self._settings.notices_call_timeout_s, wait_for_ready=True
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                self._mesh.suspect(address)
-            raise
+        # Over the notification ring: a failed node is skipped within the call (the mesh's
+        # retry policy); a ring that cannot serve answers Unavailable, retried by the queue.
+        return await self._mesh.call(
+            "notification", key, method, request, timeout=self._settings.notices_call_timeout_s
+        )
 
     # -- client calls (awaited: the device asked) ------------------------------------------
 
@@ -195,11 +187,10 @@ class PushNotices:
         request = n_pb.SetThreadMuteRequest(user_id=user_id, thread_id=thread_id, muted=state.muted)
         if state.HasField("muted_until"):
             request.muted_until.CopyFrom(state.muted_until)
-        _, stub = self._stub(user_id)
         try:
-            await stub.SetThreadMute(request, timeout=self._settings.notices_call_timeout_s)
+            await self._call("SetThreadMute", user_id, request)
             NOTICES.labels("SetThreadMute", "sent").inc()
-        except grpc.aio.AioRpcError:
+        except (grpc.aio.AioRpcError, Unavailable):
             self._submit("SetThreadMute", user_id, request)
 
     async def _work(self) -> None:
@@ -276,10 +267,10 @@ class PushNotices:
                         with attempt:
                             await self._call("ReportPresence", user, request)
                     NOTICES.labels("ReportPresence", "sent").inc()
-                except grpc.aio.AioRpcError as exc:
+                except (grpc.aio.AioRpcError, Unavailable) as exc:
                     # A lost "live" is renewed soon; a lost "gone" lapses with its lease.
                     NOTICES.labels("ReportPresence", "failed").inc()
-                    _log.warning("live report failed", user_id=user, error=exc.code().name)
+                    _log.warning("live report failed", user_id=user, error=str(exc))
 
         while True:
             with contextlib.suppress(TimeoutError):

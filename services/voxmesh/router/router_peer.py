@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from voxmesh.common.v1 import update_pb2
@@ -21,6 +21,10 @@ class RouterPeer(pb_grpc.RouterPeerServiceServicer):
         self._hub = hub
         self._membership = membership
         self.node_id = ""
+        # The user's home router node id: the router sets the one that skips suspect routers.
+        self.home_of: Callable[[str], str | None] = lambda user: self._membership.ring(
+            "router"
+        ).home(user)
 
     def bind(self, node_id: str, address: str) -> None:
         self.node_id = node_id
@@ -34,7 +38,7 @@ class RouterPeer(pb_grpc.RouterPeerServiceServicer):
             skip = (user, exclude_device) if exclude_device else None
             delivered += self._hub.deliver([user], event, skip)
         ring = self._membership.ring("router")
-        moved = [u for u in user_ids if len(ring) and ring.home(u) != self.node_id]
+        moved = [u for u in user_ids if len(ring) and self.home_of(u) != self.node_id]
         return moved, delivered
 
     async def Relay(
@@ -68,7 +72,7 @@ class RouterPeer(pb_grpc.RouterPeerServiceServicer):
         for user in entry.user_ids:
             if self._hub.is_online(user):  # still connected here: delivered here
                 self._hub.deliver_raw([user], entry.event, (user, exclude) if exclude else None)
-            elif check_home and ring.home(user) != self.node_id:
+            elif check_home and self.home_of(user) != self.node_id:
                 moved.append(user)
 
     async def DeliverEvent(

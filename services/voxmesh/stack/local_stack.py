@@ -290,10 +290,12 @@ class LocalStack:
         """Stop everything; return the names of processes the final sweep had to kill."""
         if self.supervisor_running():
             rpc = self._rpc()
-            try:
-                rpc.supervisor.stopAllProcesses(True)  # reverse priority: gateway first
-            except xmlrpc.client.Fault:
-                pass
+            # The reverse of start order, each stage gone before the next is signalled: the
+            # gateway, then the services (each drains and revokes its ring lease, which
+            # needs etcd), then etcd and the other servers. supervisord's stopAllProcesses
+            # signals every priority level at once.
+            for role in ("gateway", "service", "server"):
+                self._stop_and_wait(self._by_role(role))
             supervisor_pid = self._supervisor_pid()
             try:
                 rpc.supervisor.shutdown()
@@ -305,6 +307,29 @@ class LocalStack:
         for stale in (self.paths.supervisor_socket, self.paths.supervisor_pid, self.paths.pids):
             stale.unlink(missing_ok=True)
         return swept
+
+    def _stop_and_wait(self, components: Sequence[Component]) -> None:
+        """Signal every component of one stage, then wait until all have exited
+        (supervisord sends SIGKILL to a group still alive after its stop timeout)."""
+        rpc = self._rpc()
+        stopping = []
+        for component in components:
+            try:
+                rpc.supervisor.stopProcess(component.name, False)
+                stopping.append(component.name)
+            except xmlrpc.client.Fault:
+                pass  # not running (never started, exited or killed)
+        deadline = time.monotonic() + self.settings.supervisor.stop_timeout_s + 5
+        while stopping and time.monotonic() < deadline:
+            for name in list(stopping):
+                try:
+                    state = rpc.supervisor.getProcessInfo(name)["statename"]
+                except xmlrpc.client.Fault:
+                    state = "STOPPED"
+                if state in ("STOPPED", "EXITED", "FATAL", "BACKOFF"):
+                    stopping.remove(name)
+            if stopping:
+                time.sleep(0.05)
 
     def _sweep(self) -> list[str]:
         """Kill the process group of any recorded process still alive (same pid, same start)."""
