@@ -136,6 +136,7 @@ CALL_SAFETY: Mapping[tuple[str, str], CallSafety] = {
     # body store: chunks carry their index (duplicates are dropped by index).
     ("body", "AppendChunks"): _I,
     ("body", "AppendChunksBatch"): _I,
+    ("body", "AppendLink"): _I,
     ("body", "FinishBody"): _I,
     ("body", "ReadChunks"): _R,
     ("body", "ReadRange"): _R,
