@@ -59,7 +59,13 @@ def test_application_errors_are_the_answer_and_never_retried(code: grpc.StatusCo
     assert classify(code) is Failure.ANSWER
     for safety in CallSafety:
         verdict = decide(
-            safety, Failure.ANSWER, attempts=1, max_attempts=3, member_left=True, budget_allows=True
+            safety,
+            Failure.ANSWER,
+            attempts=1,
+            max_attempts=3,
+            member_left=True,
+            next_suspect=False,
+            budget_allows=True,
         )
         assert verdict.decision is Decision.RAISE
 
@@ -68,7 +74,13 @@ def test_an_unavailable_member_sends_a_repeatable_call_to_the_next() -> None:
     assert classify(grpc.StatusCode.UNAVAILABLE) is Failure.MEMBER
     for safety in (CallSafety.READ, CallSafety.IDEMPOTENT):
         verdict = decide(
-            safety, Failure.MEMBER, attempts=1, max_attempts=3, member_left=True, budget_allows=True
+            safety,
+            Failure.MEMBER,
+            attempts=1,
+            max_attempts=3,
+            member_left=True,
+            next_suspect=False,
+            budget_allows=True,
         )
         assert verdict.decision is Decision.TRY_NEXT
 
@@ -91,9 +103,24 @@ def test_when_the_ring_gives_up(
         attempts=attempts,
         max_attempts=3,
         member_left=member_left,
+        next_suspect=True,
         budget_allows=budget,
     )
     assert (verdict.decision, verdict.reason) == (Decision.GIVE_UP, reason)
+
+
+def test_failover_to_a_healthy_member_needs_no_budget() -> None:
+    """Many calls in flight when a member dies all move on, even with the budget spent."""
+    verdict = decide(
+        CallSafety.READ,
+        Failure.MEMBER,
+        attempts=1,
+        max_attempts=3,
+        member_left=True,
+        next_suspect=False,
+        budget_allows=False,
+    )
+    assert verdict.decision is Decision.TRY_NEXT
 
 
 def test_the_budget_stops_retries_while_a_ring_is_sick_and_refills_with_successes() -> None:

@@ -303,6 +303,9 @@ class MeshClients:
             )
         return budget
 
+    def _next_suspect(self, addresses: list[str], tried: int) -> bool:
+        return tried < len(addresses) and self.health.is_suspect(addresses[tried])
+
     async def call(
         self,
         kind: str,
@@ -331,6 +334,7 @@ class MeshClients:
                     attempts=attempt,
                     max_attempts=max_attempts,
                     member_left=attempt < len(addresses),
+                    next_suspect=self._next_suspect(addresses, attempt),
                     budget_allows=budget.allows_retry(),
                 )
                 if verdict.decision is Decision.RAISE:
@@ -382,6 +386,7 @@ class MeshClients:
                     attempts=attempt,
                     max_attempts=self._settings.rings.max_attempts,
                     member_left=attempt < len(addresses),
+                    next_suspect=self._next_suspect(addresses, attempt),
                     budget_allows=budget.allows_retry(),
                 )
                 if verdict.decision is Decision.RAISE:

@@ -11,7 +11,9 @@ Which calls are safe to repeat is a table (``CALL_SAFETY``), one row per RPC of 
 internal service, checked against the protos by a unit test. A bounded retry budget (the
 token bucket of gRPC's ``retryThrottling``) keeps a sick ring from multiplying the load: a
 failure costs a token, a success gives back a fraction of one, and retries stop while the
-bucket is at most half full.
+bucket is at most half full. The budget guards retries onto members already suspect (that is
+what multiplies load on a sick ring); moving a call from a member that just died to a
+healthy one is plain failover and always allowed, however many calls were in flight.
 """
 
 from __future__ import annotations
@@ -69,16 +71,18 @@ def decide(
     attempts: int,
     max_attempts: int,
     member_left: bool,
+    next_suspect: bool,
     budget_allows: bool,
 ) -> Verdict:
-    """What to do after ``attempts`` tries of a call failed, the last with ``failure``."""
+    """What to do after ``attempts`` tries of a call failed, the last with ``failure``;
+    ``next_suspect``: the next member is suspect too (only then does the budget apply)."""
     if failure is Failure.ANSWER:
         return Verdict(Decision.RAISE)
     if safety is CallSafety.ONCE:
         return Verdict(Decision.GIVE_UP, GiveUpReason.NOT_REPEATABLE)
     if not member_left or attempts >= max_attempts:
         return Verdict(Decision.GIVE_UP, GiveUpReason.NO_MEMBER_LEFT)
-    if not budget_allows:
+    if next_suspect and not budget_allows:
         return Verdict(Decision.GIVE_UP, GiveUpReason.BUDGET_SPENT)
     return Verdict(Decision.TRY_NEXT)
 
