@@ -631,6 +631,7 @@ async def test_killing_a_header_node_under_load_fails_no_call_and_loses_no_write
     ring_stack: LocalStack, rings: RingMembership
 ) -> None:
     settings = ring_stack.settings
+    await _wait_for(lambda: len(rings.members("header")) == 2, 20, "both header nodes in the ring")
     users = [f"hk-{i}" for i in range(6)]
     routers = {u: await _routers_of(settings, u) for u in users}
     threads: list[tuple[str, str]] = []  # (thread, owner)
@@ -796,9 +797,15 @@ async def test_killing_a_router_under_load_fails_no_call_and_discover_drops_it_a
     ring_stack: LocalStack, rings: RingMembership
 ) -> None:
     settings = ring_stack.settings
+    await _wait_for(lambda: len(rings.members("router")) == 2, 20, "both routers in the ring")
     users = [f"rkl-{i}" for i in range(8)]
     homes = {u: rings.preference_list("router", u)[0].address for u in users}
-    assert len(set(homes.values())) == 2, "8 users should be homed on both routers"
+    for extra in range(8, 40):  # both routers home some of them
+        if len(set(homes.values())) == 2:
+            break
+        users[extra % 8] = f"rkl-{extra}"
+        homes = {u: rings.preference_list("router", u)[0].address for u in users}
+    assert len(set(homes.values())) == 2
     victim_address = homes[users[0]]
     victim = _component_for(ring_stack, victim_address)
     survivor = next(m.address for m in rings.members("router") if m.address != victim_address)
