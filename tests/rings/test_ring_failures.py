@@ -50,6 +50,8 @@ def ring_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]
     overrides["rings"] = {"lease_ttl_s": LEASE_TTL_S, "probe_interval_s": PROBE_INTERVAL_S}
     overrides["router"]["instances"] = 2
     overrides["header"]["instances"] = 2
+    # Seven service processes importing at once: give a loaded machine time to start them.
+    overrides["supervisor"] = {**overrides["supervisor"], "ready_timeout_s": 150.0}
     overrides["body"]["instances"] = 2
     overrides["body_store"] = {"abandon_after_s": 30.0}
     stack = LocalStack(load_settings(overrides=overrides))

@@ -30,7 +30,7 @@ IDLE_S = 2.0
 def two_routers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     require_spanner_emulator()
     overrides: dict[str, Any] = stack_overrides(str(tmp_path_factory.mktemp("webrtc-kill")))
-    overrides["rings"] = {"lease_ttl_s": 2, "suspect_s": 5.0}
+    overrides["rings"] = {"lease_ttl_s": 2}
     overrides["router"]["instances"] = 2
     overrides["body_store"] = {"abandon_after_s": IDLE_S}
     stack = LocalStack(load_settings(overrides=overrides))
