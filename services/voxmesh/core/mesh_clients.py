@@ -412,11 +412,6 @@ class MeshClients:
         """The body ring for ``message_id`` (unary calls, with the retry policy)."""
         return cast("body_grpc.BodyServiceAsyncStub", _RingStub(self, "body", message_id))
 
-    def header_node(self, key: str) -> tuple[str, header_grpc.HeaderServiceAsyncStub]:
-        """The header node for ``key`` and a stub to it, for a call the caller manages."""
-        address = self.candidates("header", key)[0]
-        return address, cast("header_grpc.HeaderServiceAsyncStub", self.stub("header", address))
-
     def body(self, message_id: str) -> tuple[str, body_grpc.BodyServiceAsyncStub]:
         """The message's body node and a stub to it, for a stream the caller manages."""
         address = self.candidates("body", message_id)[0]
