@@ -57,7 +57,8 @@ class CountingStorage:
 
 async def run(speakers: int, seconds: float, bucket: str) -> dict[str, Any]:
     storage = CountingStorage(GcsBodyStorage("bench", bucket))
-    domain = BodyDomain(storage, BodyLimits.from_settings(load_settings(environ={})))  # type: ignore[arg-type]
+    limits = BodyLimits.from_settings(load_settings(environ={}))
+    domain = BodyDomain(storage, limits)
     await domain.start()
     sink = domain.open_sink()
     sent: dict[tuple[str, int], float] = {}
