@@ -218,12 +218,19 @@ class BodyStore(pb_grpc.BodyServiceServicer):
                             backlog.append(entry)
                             continue
                         try:
-                            # A message's first entry on a link may carry its sender's trace.
-                            with _span_for(entry):
-                                if domain.append_now(
+                            # A message's first entry on a link may carry its sender's trace;
+                            # any other entry pays one field check.
+                            if entry.traceparent:
+                                with _span_for(entry):
+                                    now = domain.append_now(
+                                        entry.thread_id, message_id, entry.chunks, sink
+                                    )
+                            else:
+                                now = domain.append_now(
                                     entry.thread_id, message_id, entry.chunks, sink
-                                ):
-                                    continue
+                                )
+                            if now:
+                                continue
                         except DomainError as exc:  # this entry only: the link goes on
                             refuse(entry, exc)
                             continue
