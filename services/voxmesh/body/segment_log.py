@@ -361,61 +361,62 @@ class SegmentLog:
 
     async def _write(self, commit: _Commit, slots: asyncio.Semaphore) -> None:
         started = time.perf_counter()
-        calls = []
+        calls: list[Awaitable[None]] = []
         if commit.seq is not None:
-            data = encode_segment(
-                [
-                    (
-                        SegmentEntry(
-                            body.key.thread_id,
-                            body.key.message_id,
-                            body.content_type,
-                            body.table.slice(chunks[0].index, chunks[-1].index + 1),
-                        ),
-                        [c.payload for c in chunks],
-                    )
-                    for body, chunks in commit.entries
-                ]
-            )
-            name = self.writer.segment(commit.seq)
-            calls.append(
-                self._persist("segment", name, lambda: self.storage.write_segment(name, data))
-            )
-        for part in commit.parts:
-            calls.append(self._write_part(part))
+            calls.append(self._write_segment(commit.seq, commit.entries))
+        calls += [self._write_part(part) for part in commit.parts]
         try:
-            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            # Each write acks its own bodies as soon as it lands: a segment's entries never
+            # wait for the parts written beside them.
+            await asyncio.gather(*calls)
         finally:
             slots.release()
         COMMIT_SECONDS.observe(time.perf_counter() - started)
         COMMITS.inc()
         COMMIT_CHUNKS.observe(commit.chunk_count)
-        position = 0
-        if commit.seq is not None:
-            error = outcomes[0]
-            position = 1
-            if isinstance(error, BaseException):
-                for body, _ in commit.entries:
-                    self._fail(body, error)
-            else:
-                self._unsettled[commit.seq] = len(commit.entries)
-                for body, chunks in commit.entries:
-                    self._entry_durable(body, chunks, commit.seq)
-        for part, outcome in zip(commit.parts, outcomes[position:], strict=True):
-            if isinstance(outcome, BaseException):
-                self._fail(part.body, outcome)
-            else:
-                self._part_durable(part)
+
+    async def _write_segment(
+        self, seq: int, entries: list[tuple[LiveBody, list[ChunkLike]]]
+    ) -> None:
+        data = encode_segment(
+            [
+                (
+                    SegmentEntry(
+                        body.key.thread_id,
+                        body.key.message_id,
+                        body.content_type,
+                        body.table.slice(chunks[0].index, chunks[-1].index + 1),
+                    ),
+                    [c.payload for c in chunks],
+                )
+                for body, chunks in entries
+            ]
+        )
+        name = self.writer.segment(seq)
+        try:
+            await self._persist("segment", name, lambda: self.storage.write_segment(name, data))
+        except Exception as error:
+            for body, _ in entries:
+                self._fail(body, error)
+            return
+        self._unsettled[seq] = len(entries)
+        for body, chunks in entries:
+            self._entry_durable(body, chunks, seq)
 
     async def _write_part(self, part: _Part) -> None:
         body, batch = part.body, part.batch
         assert batch is not None
         data = b"".join([c.payload for c in part.chunks])
-        await self._persist(
-            "part",
-            f"{body.key.prefix}{batch.name}",
-            lambda: self.storage.write_batch(body.key, batch, data),
-        )
+        try:
+            await self._persist(
+                "part",
+                f"{body.key.prefix}{batch.name}",
+                lambda: self.storage.write_batch(body.key, batch, data),
+            )
+        except Exception as error:
+            self._fail(body, error)
+            return
+        self._part_durable(part)
 
     async def _persist(self, kind: str, what: str, call: Callable[[], Awaitable[None]]) -> None:
         """One object write, retried with backoff until it lands or the node stops."""
