@@ -316,8 +316,11 @@ class World:
                 yield name, fh.read().decode(errors="replace")
 
     def service_pids(self) -> dict[str, int]:
-        names = set(self.service_logs())
-        return {n: pid for n, pid in self.stack.recorded_pids().items() if n in names}
+        """The services' processes now, as supervisord runs them (earlier tests on the shared
+        stack may have killed and restarted one, so the recorded pids can be stale)."""
+        return {
+            s.component.name: s.pid for s in self.stack.status() if s.component.role == "service"
+        }
 
 
 def assert_alive(pids: dict[str, int]) -> None:

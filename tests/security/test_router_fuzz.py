@@ -23,6 +23,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,6 +38,9 @@ from tests.security.router_world import (
     call,
     decodes,
 )
+from voxmesh.common.v1 import message_pb2
+from voxmesh.core.ids import new_uuid7
+from voxmesh.router.v1 import router_service_pb2 as pb
 from voxmesh.stack.local_stack import LocalStack
 
 pytestmark = pytest.mark.stack
@@ -181,3 +185,58 @@ def _junk_flood(world: World, deadline: float, counts: Counter[str]) -> None:
             index += 1
     finally:
         channel.close()
+
+
+@pytest.mark.skipif(FUZZ_SECONDS > 0, reason="the timed fuzz runs instead")
+def test_out_of_range_timestamps_are_refused_naming_the_field(world: World) -> None:
+    """What once reached the header store and came back INTERNAL."""
+    year_10000 = Timestamp(seconds=253_402_300_800)
+    start = message_pb2.MessageStart(
+        message_id=new_uuid7(),
+        thread_id=world.group_id,
+        kind=message_pb2.MESSAGE_KIND_VOICE,
+        content_type="audio/ogg",
+        created_at=year_10000,
+    )
+    cases = [
+        (
+            "SendText",
+            pb.SendTextRequest(
+                message_id=new_uuid7(),
+                thread_id=world.group_id,
+                device_id="phone",
+                text="hi",
+                created_at=year_10000,
+            ),
+            "created_at.seconds",
+        ),
+        (
+            "StartMessage",
+            pb.StartMessageRequest(start=start, device_id="phone"),
+            "start.created_at",
+        ),
+        (
+            "MuteThread",
+            pb.MuteThreadRequest(
+                thread_id=world.group_id, muted=True, muted_until=Timestamp(seconds=2**63 - 1)
+            ),
+            "muted_until.seconds",
+        ),
+        (
+            "MuteThread",
+            pb.MuteThreadRequest(
+                thread_id=world.group_id,
+                muted=True,
+                muted_until=Timestamp(seconds=2_000_000_000, nanos=-1),
+            ),
+            "muted_until.nanos",
+        ),
+    ]
+    before = world.snapshot()
+    for name, request, field in cases:
+        method = next(m for m in METHODS if m.name == name)
+        outcome = call(world.channel, method, [request.SerializeToString()], world.metadata())
+        assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, (name, outcome)
+        assert outcome.details.startswith(field), (name, outcome.details)
+    assert world.snapshot() == before
+    world.last_snapshot = None
