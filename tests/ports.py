@@ -27,6 +27,7 @@ def stack_overrides(run_dir: str) -> dict[str, object]:
         "spanner": {"emulator_port": free_port()},
         "gcs": {"port": free_port()},
         "envoy": {"port": free_port(), "admin_port": free_port()},
+        "web": {"port": free_port()},
         **{
             kind: {"port": free_port(), "internal_port": free_port(), "metrics_port": free_port()}
             for kind in ("router", "header", "body", "notification")

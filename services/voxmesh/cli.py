@@ -217,6 +217,19 @@ def serve(
         telemetry.shutdown_tracing()
 
 
+@gateway_app.command("serve")
+def gateway_serve(
+    port: Annotated[int | None, typer.Option(help="HTTP port (default web.port).")] = None,
+) -> None:
+    """Serve the web app and its sign-in behind Envoy; keep Envoy's routers on the router ring."""
+    from voxmesh.core.structured_logging import configure_logging
+    from voxmesh.gateway.web_gateway import serve_web_gateway
+
+    settings = _settings()
+    configure_logging(settings.log, "web")
+    asyncio.run(serve_web_gateway(settings, port))
+
+
 @gateway_app.command("render")
 def gateway_render(
     out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,

@@ -38,6 +38,7 @@ def test_every_component_is_running_and_healthy(local_stack: LocalStack) -> None
         "header",
         "body",
         "notification",
+        "web",
         "envoy",
     }
     unhealthy = {n: (s.state, s.probe.detail) for n, s in statuses.items() if not s.healthy}
@@ -141,6 +142,22 @@ def test_cors_preflight_allows_configured_origins_only(local_stack: LocalStack) 
     assert "access-control-allow-origin" not in preflight("https://evil.example")
 
 
+def test_the_web_app_and_its_settings_are_served_through_envoy(local_stack: LocalStack) -> None:
+    import json
+    import urllib.error
+
+    base = _gateway(local_stack.settings)
+    tls = grpc_web.tls_context(local_stack.settings)
+    with urllib.request.urlopen(base + "/config.json", timeout=10, context=tls) as response:
+        assert json.load(response)["devSignIn"] is True
+    # The app itself when it is built (make web), else a page that says how to build it.
+    try:
+        with urllib.request.urlopen(base + "/", timeout=10, context=tls) as response:
+            assert b'<div id="app">' in response.read()
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 503 and b"make web" in exc.read()
+
+
 def test_envoy_admin_is_on_loopback_and_sees_healthy_routers(local_stack: LocalStack) -> None:
     settings = local_stack.settings
     url = f"http://{settings.host}:{settings.envoy.admin_port}/clusters"
@@ -240,7 +257,7 @@ def test_cli_up_status_down_leaves_no_process_behind(tmp_path: Path) -> None:
     assert set(pids) >= {"etcd", "redis", "envoy", "router", "supervisord"}
     status = _voxmesh(settings_file, "status")
     assert status.returncode == 0, status.stdout + status.stderr
-    assert status.stdout.count("healthy") == 9 and "NOT healthy" not in status.stdout
+    assert status.stdout.count("healthy") == 10 and "NOT healthy" not in status.stdout
 
     again = _voxmesh(settings_file, "up")
     assert again.returncode == 1 and "already running" in again.stderr

@@ -43,3 +43,31 @@ def test_grpc_web_filters_in_order_and_streams_not_cut() -> None:
         "voxmesh.router.v1.RouterService"
     )
     assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def test_app_health_and_api_share_one_origin_and_routers_follow_an_endpoints_file(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(environ={})
+    eds = tmp_path / "eds" / "routers.json"
+    config = render_envoy_config(settings, endpoints_file=eds)
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    routes = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert [(r["match"]["prefix"], r["route"]["cluster"]) for r in routes] == [
+        ("/voxmesh.router.v1.RouterService/", "routers"),
+        ("/grpc.health.v1.Health/", "routers"),
+        ("/", "web"),
+    ]
+    # Every gRPC call through the gateway is marked, so a router proxies Updates to the home.
+    for route in routes[:2]:
+        assert route["request_headers_to_add"][0]["header"] == {
+            "key": "voxmesh-via",
+            "value": "gateway",
+        }
+    routers, web = config["static_resources"]["clusters"]
+    assert routers["type"] == "EDS" and "load_assignment" not in routers
+    source = routers["eds_cluster_config"]["eds_config"]["path_config_source"]
+    assert source == {"path": str(eds), "watched_directory": {"path": str(eds.parent)}}
+    assert web["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+        "socket_address"
+    ] == {"address": "127.0.0.1", "port_value": settings.web.port}

@@ -18,8 +18,9 @@ from voxmesh.core.mesh_tls import ReloadingTls, mesh_files
 from voxmesh.core.settings import Settings, load_settings
 from voxmesh.router.device_hub import DeviceHub
 from voxmesh.router.peer_links import PeerLinks
+from voxmesh.router.presence_tracker import PresenceTracker
 from voxmesh.router.router_peer import RELAY_WINDOW_FRAMES, RouterPeer
-from voxmesh.router.updates_stream import splice_frame
+from voxmesh.router.updates_stream import UpdatesStreamer, splice_frame
 from voxmesh.router.v1 import router_peer_service_pb2 as peer_pb
 from voxmesh.router.v1 import router_peer_service_pb2_grpc as peer_grpc
 from voxmesh.router.v1 import router_service_pb2 as pb
@@ -95,7 +96,10 @@ async def test_relay_splices_bytes_and_resends_users_that_moved() -> None:
     settings = _settings()
     ring = _Ring({"bob": "target", "carol": "elsewhere"})
     hub = DeviceHub(queue_max=100)
-    peer = RouterPeer(hub, ring)  # type: ignore[arg-type]
+    mesh_of_peer = MeshClients(settings, ring, "router")  # type: ignore[arg-type]
+    presence = PresenceTracker(settings.presence, mesh_of_peer, lambda users, event: None)
+    updates = UpdatesStreamer(settings.updates, hub, mesh_of_peer)
+    peer = RouterPeer(hub, ring, updates, presence)  # type: ignore[arg-type]
     peer.bind("target", "")
     server, address = await _server(peer)
     mesh = MeshClients(settings, ring, "router")  # type: ignore[arg-type]
@@ -145,6 +149,12 @@ class _SilentTarget(peer_grpc.RouterPeerServiceServicer):
         self, request: peer_pb.DeliverEventRequest, context: Any
     ) -> peer_pb.DeliverEventResponse:
         return peer_pb.DeliverEventResponse()
+
+    def ProxyUpdates(self, request: Any, context: Any) -> Any:
+        raise NotImplementedError
+
+    async def ProxySetPresence(self, request: Any, context: Any) -> Any:
+        raise NotImplementedError
 
 
 async def test_the_source_keeps_to_the_window_and_coalesces_while_it_is_full() -> None:

@@ -73,6 +73,14 @@ class EnvoySettings:
 
 
 @pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
+class WebSettings:
+    port: Port
+    static_dir: str
+    oidc_scope: str
+    endpoints_file: str
+
+
+@pydantic.dataclasses.dataclass(frozen=True, config=_STRICT)
 class SupervisorSettings:
     ready_timeout_s: Annotated[float, pydantic.Field(gt=0)]
     stop_timeout_s: Annotated[float, pydantic.Field(gt=0)]
@@ -293,6 +301,7 @@ class Settings:
     spanner: SpannerSettings
     gcs: GcsSettings
     envoy: EnvoySettings
+    web: WebSettings
     supervisor: SupervisorSettings
     log: LogSettings
     router: ServiceSettings
@@ -334,6 +343,15 @@ class Settings:
     def files_root(self) -> Path:
         path = self.stores.files_root
         return Path(path) if path else self.run_dir / "data" / "bodies"
+
+    @property
+    def web_static_dir(self) -> Path:
+        return Path(self.web.static_dir)
+
+    @property
+    def router_endpoints_file(self) -> Path:
+        path = self.web.endpoints_file
+        return Path(path) if path else self.run_dir / "eds" / "routers.json"
 
     def service(self, kind: ServiceKind) -> ServiceSettings:
         value: ServiceSettings = getattr(self, kind)
@@ -442,9 +460,12 @@ def load_settings(
             f"environment {settings.environment!r} sets tls.client_plaintext: plaintext client "
             f"ports are for environment = 'local' only; configure tls.client_cert_file"
         )
+    relative: dict[str, Any] = {}
     if not settings.run_dir.is_absolute():
         # A relative run dir is relative to the project root, not to wherever a command runs.
-        settings = pydantic.TypeAdapter(Settings).validate_python(
-            _merge(data, {"run_dir": str(directory.parent / settings.run_dir)})
-        )
+        relative["run_dir"] = str(directory.parent / settings.run_dir)
+    if not Path(settings.web.static_dir).is_absolute():
+        relative["web"] = {"static_dir": str(directory.parent / settings.web.static_dir)}
+    if relative:
+        settings = pydantic.TypeAdapter(Settings).validate_python(_merge(data, relative))
     return settings

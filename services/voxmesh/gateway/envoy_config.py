@@ -24,6 +24,8 @@ from voxmesh.core.mesh_tls import client_ca_file, gateway_files
 from voxmesh.core.settings import Settings, config_dir
 
 ROUTER_SERVICE = "voxmesh.router.v1.RouterService"
+HEALTH_SERVICE = "grpc.health.v1.Health"
+GATEWAY_HEADER = "voxmesh-via"  # the router's proxy-or-redirect choice for Updates reads it
 _TYPES = "type.googleapis.com/envoy.extensions"
 
 # Per-IP limits: every distinct client address gets its own token bucket (a wildcard
@@ -126,36 +128,17 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def render_envoy_config(
-    settings: Settings, routers: Sequence[tuple[str, int]] | None = None
-) -> dict[str, Any]:
-    """Envoy bootstrap as a dict (JSON is YAML, so ``json.dumps`` of it is a valid envoy.yaml)."""
-    if routers is None:
-        routers = [(settings.envoy.routers_host or settings.host, settings.router.port)]
-    host = settings.host
-    tls_listener: dict[str, Any] = {}
-    tls_upstream: dict[str, Any] = {}
-    if not settings.tls.client_plaintext:
-        listener_socket, upstream_socket = _transport_sockets(settings)
-        tls_listener = {"transport_socket": listener_socket}
-        tls_upstream = {"transport_socket": upstream_socket}
-    cors_policy = {
-        "@type": f"{_TYPES}.filters.http.cors.v3.CorsPolicy",
-        "allow_origin_string_match": [
-            {"safe_regex": {"regex": pattern}} for pattern in settings.envoy.cors_allow_origin_regex
-        ],
-        "allow_methods": "POST, GET, OPTIONS",
-        "allow_headers": ALLOW_HEADERS,
-        "expose_headers": EXPOSE_HEADERS,
-        "max_age": "1728000",
-    }
-    route = {
-        "match": {"prefix": f"/{ROUTER_SERVICE}/"},
+def _grpc_route(settings: Settings, prefix: str) -> dict[str, Any]:
+    return {
+        "match": {"prefix": prefix},
         "typed_per_filter_config": {
             "envoy.filters.http.local_ratelimit": _local_rate_limit(settings)
         },
         "route": {
             "cluster": "routers",
+            # One device's calls stick to one router (hashed by its token), so a voice
+            # message's StartMessage / AppendChunks / EndMessage meet the same relay state.
+            "hash_policy": [{"header": {"header_name": "authorization"}}],
             # Streams live as long as the client wants: no route timeout, no grpc-timeout cap.
             "timeout": "0s",
             "max_stream_duration": {"grpc_timeout_header_max": "0s"},
@@ -175,6 +158,77 @@ def render_envoy_config(
                 "host_selection_retry_max_attempts": 3,
             },
         },
+        # Tells the router the caller is behind the gateway and cannot follow a redirect:
+        # an updates stream that lands off the user's home router is proxied to it.
+        "request_headers_to_add": [
+            {
+                "header": {"key": GATEWAY_HEADER, "value": "gateway"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+    }
+
+
+def _cluster(name: str, endpoints: list[tuple[str, int]], http2: bool) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": host, "port_value": port}}
+                            }
+                        }
+                        for host, port in endpoints
+                    ]
+                }
+            ],
+        },
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": f"{_TYPES}.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return cluster
+
+
+def render_envoy_config(
+    settings: Settings,
+    routers: Sequence[tuple[str, int]] | None = None,
+    endpoints_file: Path | None = None,
+) -> dict[str, Any]:
+    """Envoy bootstrap as a dict (JSON is YAML, so ``json.dumps`` of it is a valid envoy.yaml).
+
+    With ``endpoints_file`` the routers come from that file (file-based EDS, rewritten by the
+    web gateway when the router ring changes); otherwise they are ``routers``, fixed.
+    """
+    if routers is None:
+        routers = [(settings.envoy.routers_host or settings.host, settings.router.port)]
+    host = settings.host
+    tls_listener: dict[str, Any] = {}
+    tls_upstream: dict[str, Any] = {}
+    if not settings.tls.client_plaintext:
+        listener_socket, upstream_socket = _transport_sockets(settings)
+        tls_listener = {"transport_socket": listener_socket}
+        tls_upstream = {"transport_socket": upstream_socket}
+    cors_policy = {
+        "@type": f"{_TYPES}.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [
+            {"safe_regex": {"regex": pattern}} for pattern in settings.envoy.cors_allow_origin_regex
+        ],
+        "allow_methods": "POST, GET, OPTIONS",
+        "allow_headers": ALLOW_HEADERS,
+        "expose_headers": EXPOSE_HEADERS,
+        "max_age": "1728000",
     }
     http_connection_manager = {
         "@type": f"{_TYPES}.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -187,7 +241,16 @@ def render_envoy_config(
                 {
                     "name": "voxmesh",
                     "domains": ["*"],
-                    "routes": [route],
+                    "routes": [
+                        _grpc_route(settings, f"/{ROUTER_SERVICE}/"),
+                        # Health through the gateway: a gRPC-web probe reaches a router.
+                        _grpc_route(settings, f"/{HEALTH_SERVICE}/"),
+                        # Everything else is the web app (same origin as its calls).
+                        {
+                            "match": {"prefix": "/"},
+                            "route": {"cluster": "web", "timeout": "30s"},
+                        },
+                    ],
                     "typed_per_filter_config": {"envoy.filters.http.cors": cors_policy},
                 }
             ],
@@ -202,7 +265,7 @@ def render_envoy_config(
                 "typed_config": {"@type": f"{_TYPES}.filters.http.cors.v3.Cors"},
             },
             {
-                # Configured per route (the gRPC route), so CORS preflights are not counted.
+                # Configured per route (the gRPC routes), so CORS preflights are not counted.
                 "name": "envoy.filters.http.local_ratelimit",
                 "typed_config": {
                     "@type": f"{_TYPES}.filters.http.local_ratelimit.v3.LocalRateLimit",
@@ -217,7 +280,10 @@ def render_envoy_config(
             },
         ],
     }
+    web_cluster = _cluster("web", [(host, settings.web.port)], http2=False)
     return {
+        # File-based EDS needs the node named (any stable id will do).
+        "node": {"id": "voxmesh-gateway", "cluster": "voxmesh-gateway"},
         "admin": {
             "address": {
                 "socket_address": {"address": host, "port_value": settings.envoy.admin_port}
@@ -244,56 +310,56 @@ def render_envoy_config(
                 }
             ],
             "clusters": [
-                {
-                    "name": "routers",
-                    # Addresses as they are; a DNS name (a headless Service) re-resolved.
-                    "type": "STATIC" if all(_is_ip(h) for h, _ in routers) else "STRICT_DNS",
-                    "connect_timeout": "1s",
-                    "lb_policy": "ROUND_ROBIN",
-                    **tls_upstream,
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": f"{_TYPES}.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "health_checks": [
-                        {
-                            "timeout": "1s",
-                            "interval": "1s",
-                            "unhealthy_threshold": 1,
-                            "healthy_threshold": 1,
-                            "grpc_health_check": {"service_name": ROUTER_SERVICE},
-                        }
-                    ],
-                    # With every router unhealthy Envoy still tries them (panic mode) rather
-                    # than failing all calls; that is the right choice for a small ring.
-                    "load_assignment": {
-                        "cluster_name": "routers",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": router_host,
-                                                    "port_value": router_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                    for router_host, router_port in routers
-                                ]
-                            }
-                        ],
-                    },
-                }
+                _routers_cluster(settings, routers, endpoints_file, tls_upstream),
+                web_cluster,
             ],
         },
     }
 
 
-def render_envoy_yaml(settings: Settings, routers: Sequence[tuple[str, int]] | None = None) -> str:
+def _routers_cluster(
+    settings: Settings,
+    routers: Sequence[tuple[str, int]],
+    endpoints_file: Path | None,
+    tls_upstream: dict[str, Any],
+) -> dict[str, Any]:
+    cluster = _cluster("routers", list(routers), http2=True)
+    # Addresses as they are; a DNS name (a headless Service) re-resolved.
+    cluster["type"] = "STATIC" if all(_is_ip(h) for h, _ in routers) else "STRICT_DNS"
+    cluster.update(tls_upstream)
+    cluster["lb_policy"] = "RING_HASH"  # with the routes' hash policy: sticky per device
+    cluster["health_checks"] = [
+        {
+            "timeout": "1s",
+            "interval": "1s",
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "grpc_health_check": {"service_name": ROUTER_SERVICE},
+        }
+    ]
+    # With every router unhealthy Envoy still tries them (panic mode) rather than failing
+    # all calls; that is the right choice for a small ring.
+    if endpoints_file is not None:
+        del cluster["load_assignment"]
+        cluster["type"] = "EDS"
+        cluster["eds_cluster_config"] = {
+            "eds_config": {
+                "resource_api_version": "V3",
+                "path_config_source": {
+                    "path": str(endpoints_file),
+                    # Envoy reloads when a new file is moved into this directory.
+                    "watched_directory": {"path": str(endpoints_file.parent)},
+                },
+            }
+        }
+    return cluster
+
+
+def render_envoy_yaml(
+    settings: Settings,
+    routers: Sequence[tuple[str, int]] | None = None,
+    endpoints_file: Path | None = None,
+) -> str:
     header = "# Generated by `voxmesh gateway render` from config/: do not edit by hand.\n"
-    return header + json.dumps(render_envoy_config(settings, routers), indent=2) + "\n"
+    config = render_envoy_config(settings, routers, endpoints_file)
+    return header + json.dumps(config, indent=2) + "\n"

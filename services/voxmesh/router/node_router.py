@@ -25,6 +25,7 @@ from voxmesh.core.rpc_interceptors import FieldCheckInterceptor
 from voxmesh.core.service_runner import Exposure, Registration, ServiceParts
 from voxmesh.core.settings import Settings
 from voxmesh.core.structured_logging import get_logger
+from voxmesh.gateway.envoy_config import GATEWAY_HEADER
 from voxmesh.header.v1 import header_service_pb2 as header_pb
 from voxmesh.router.device_hub import DeviceHub
 from voxmesh.router.message_relay import DELETED, RECALLED, MessageRelay, update_event
@@ -33,7 +34,13 @@ from voxmesh.router.presence_tracker import PresenceTracker
 from voxmesh.router.push_notices import PushNotices
 from voxmesh.router.rate_limits import CallLimitInterceptor, LimitKind, RateLimiter
 from voxmesh.router.router_peer import RouterPeer
-from voxmesh.router.updates_stream import MOVED, SplicedUpdatesInterceptor, UpdatesStreamer
+from voxmesh.router.updates_stream import (
+    MOVED,
+    PROXY_UPDATES_METHOD,
+    SplicedUpdatesInterceptor,
+    UpdatesStreamer,
+)
+from voxmesh.router.v1 import router_peer_service_pb2 as peer_pb
 from voxmesh.router.v1 import router_peer_service_pb2_grpc
 from voxmesh.router.v1 import router_service_pb2 as pb
 from voxmesh.router.v1 import router_service_pb2_grpc as pb_grpc
@@ -43,6 +50,13 @@ from voxmesh.router.webrtc_sessions import configure_process as configure_webrtc
 Context = grpc.aio.ServicerContext[Any, Any]
 ROUTER_SERVICE = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
 _log = get_logger(__name__)
+
+
+def _via_gateway(context: Context) -> bool:
+    return any(
+        key == GATEWAY_HEADER and value == "gateway"
+        for key, value in context.invocation_metadata() or ()
+    )
 
 
 def direct_thread_id(user_a: str, user_b: str) -> str:
@@ -60,7 +74,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self._mesh = MeshClients(settings, membership, "router")
         self._links = PeerLinks(self._mesh)
         self.relay = MessageRelay(settings, self.hub, self._mesh, self._links)
-        self._updates = UpdatesStreamer(settings.updates, self.hub, self._mesh)
+        self.updates = UpdatesStreamer(settings.updates, self.hub, self._mesh)
         membership.on_change(self._ring_changed)
         self._mesh.health.on_change(self._ring_changed)  # a suspect router is not a home
         # Pushes, unread counts and presence: told by the relay and the hub, never awaited.
@@ -79,7 +93,7 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self._settings = settings
         self.limits.reconfigure(settings.rate_limits)
         self.relay.reconfigure(settings)
-        self._updates.reconfigure(settings.updates)
+        self.updates.reconfigure(settings.updates)
         self.hub.queue_max = settings.updates.queue_max
         self._mesh.reconfigure(settings)
         self.webrtc.reconfigure(settings)
@@ -165,13 +179,13 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         shared = thread_pb2.Thread()
         shared.CopyFrom(thread)
         shared.ClearField("user_state")  # the caller's own state is not for the others
+        changed = update_pb2.ThreadChanged(
+            change=change, thread=shared, actor_user_id=actor, user_ids=user_ids or []
+        )
+        self.presence.thread_changed(changed, members)  # those homed here (others: their homes)
         self.relay.fan_out(
             members + (also or []),
-            update_event(
-                thread_changed=update_pb2.ThreadChanged(
-                    change=change, thread=shared, actor_user_id=actor, user_ids=user_ids or []
-                )
-            ),
+            update_event(thread_changed=changed),
         )
 
     # -- discovery -------------------------------------------------------------------------
@@ -340,6 +354,12 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     ) -> AsyncIterator[pb.UpdatesResponse]:
         user = current_caller().user_id
         members = await self._routers_for(user)
+        if members and members[0].node_id != self._self.node_id and _via_gateway(context):
+            # A browser cannot follow a redirect behind the gateway: serve its stream from
+            # the home router over the mesh, frames passed through unchanged.
+            async for raw in self._proxy_updates(members[0].mesh_address, user, request):
+                yield raw  # type: ignore[misc]
+            return
         if members and members[0].node_id != self._self.node_id:
             # A user's devices all meet at the user's home router (the rendezvous), the first
             # live router of the preference list: a dead home leaves the ring when its lease
@@ -350,9 +370,30 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
                 f"this router does not serve user {user}: connect to one of {addresses} "
                 f"(Discover returns the current list)"
             )
-        async for frame in self._updates.stream(user, request.device_id, request.cursor):
+        async for frame in self.updates.stream(user, request.device_id, request.cursor):
             # Live frames come spliced as wire bytes (SplicedUpdatesInterceptor sends them).
             yield frame  # type: ignore[misc]
+
+    async def _proxy_updates(
+        self, address: str, user: str, request: pb.UpdatesRequest
+    ) -> AsyncIterator[bytes]:
+        """The home router's frames as wire bytes: ProxyUpdatesResponse and UpdatesResponse
+        share their fields, so a frame passes through without being decoded."""
+        require_id(request.device_id, "device_id")
+        call = self._mesh.channel(address).unary_stream(
+            PROXY_UPDATES_METHOD,
+            request_serializer=peer_pb.ProxyUpdatesRequest.SerializeToString,
+            response_deserializer=bytes,
+        )(peer_pb.ProxyUpdatesRequest(user_id=user, request=request))
+        try:
+            async for frame in call:
+                yield frame
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                self._mesh.suspect(address)
+            raise
+        finally:
+            call.cancel()
 
     async def ReadBody(
         self, request: pb.ReadBodyRequest, context: Context
@@ -816,6 +857,14 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self, request: pb.SetPresenceRequest, context: Context
     ) -> pb.SetPresenceResponse:
         user = current_caller().user_id
+        members = self._mesh.routers_for(user)
+        if members and members[0].node_id != self._self.node_id:
+            # Presence is kept where the user's device streams are: the home router.
+            address = members[0].mesh_address
+            reply = await self._mesh.peer(address).ProxySetPresence(
+                peer_pb.ProxySetPresenceRequest(user_id=user, request=request)
+            )
+            return pb.SetPresenceResponse(presence=reply.presence)
         presence = self.presence.set_presence(user, request.device_id, request.state)
         return pb.SetPresenceResponse(presence=presence)
 
@@ -833,12 +882,32 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         await self.notices.unregister_device(user, request.device_id)
         return pb.UnregisterDeviceResponse()
 
+    async def GetUnreadCounts(
+        self, request: pb.GetUnreadCountsRequest, context: Context
+    ) -> pb.GetUnreadCountsResponse:
+        user = current_caller().user_id
+        for thread_id in request.thread_ids:
+            require_id(thread_id, "thread_ids")
+        total, counts = await self.notices.unread_counts(user, list(request.thread_ids))
+        return pb.GetUnreadCountsResponse(total=total, thread_counts=counts)
+
+    async def SetDoNotDisturb(
+        self, request: pb.SetDoNotDisturbRequest, context: Context
+    ) -> pb.SetDoNotDisturbResponse:
+        user = current_caller().user_id
+        until = request.until if request.HasField("until") else None
+        enabled, ends = await self.notices.set_do_not_disturb(user, request.enabled, until)
+        reply = pb.SetDoNotDisturbResponse(enabled=enabled)
+        if ends is not None:
+            reply.until.CopyFrom(ends)
+        return reply
+
 
 def create_router_service(settings: Settings) -> ServiceParts:
     configure_webrtc(settings)
     membership = RingMembership(settings, RING_KINDS)
     router = NodeRouter(settings, membership)
-    peer = RouterPeer(router.hub, membership)
+    peer = RouterPeer(router.hub, membership, router.updates, router.presence)
     peer.home_of = router.home_node
     verifier = token_verifier(settings.auth)
     return ServiceParts(

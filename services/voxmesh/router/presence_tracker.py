@@ -260,6 +260,26 @@ class PresenceTracker:
         self._changed(user_id)
         return self.presence_of(user_id)
 
+    def thread_changed(self, change: update_pb2.ThreadChanged, local_users: Sequence[str]) -> None:
+        """Members joined a thread: they are new contacts of each other. Forget the cached
+        contacts, and tell the new contacts the presence of those homed here (the others'
+        home routers do the same for theirs), so nobody waits for a change to see it."""
+        if change.change not in (
+            update_pb2.THREAD_CHANGE_KIND_CREATED,
+            update_pb2.THREAD_CHANGE_KIND_MEMBERS_ADDED,
+        ):
+            return
+        members = [m.user_id for m in change.thread.members]
+        for member in members:
+            self._contacts.pop(member, None)
+        for user_id in local_users:
+            user = self._users.get(user_id)
+            if user is None or user.shown == OFFLINE:
+                continue
+            others = [m for m in members if m != user_id]
+            event = update_event(presence=self.presence_of(user_id))
+            self.fanout.publish(others, ("presence", user_id), event)
+
     # -- contacts and members (cached) -----------------------------------------------------
 
     async def _contacts_of(self, user_id: str) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 import prometheus_client
 import tenacity
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from voxmesh.common.v1 import device_pb2, mark_pb2, message_pb2, thread_pb2
 from voxmesh.core.domain_errors import PermissionDenied, Unavailable
@@ -141,6 +141,25 @@ class PushNotices:
             n_pb.UnregisterDeviceRequest(user_id=user_id, device_id=device_id),
         )
         return bool(reply.removed)
+
+    async def unread_counts(
+        self, user_id: str, thread_ids: list[str]
+    ) -> tuple[int, dict[str, int]]:
+        reply = await self._call(
+            "GetUnreadCounts",
+            user_id,
+            n_pb.GetUnreadCountsRequest(user_id=user_id, thread_ids=thread_ids),
+        )
+        return int(reply.total), dict(reply.thread_counts)
+
+    async def set_do_not_disturb(
+        self, user_id: str, enabled: bool, until: timestamp_pb2.Timestamp | None
+    ) -> tuple[bool, timestamp_pb2.Timestamp | None]:
+        request = n_pb.SetDoNotDisturbRequest(user_id=user_id, enabled=enabled)
+        if until is not None:
+            request.until.CopyFrom(until)
+        reply = await self._call("SetDoNotDisturb", user_id, request)
+        return bool(reply.enabled), (reply.until if reply.HasField("until") else None)
 
     # -- notices (queued: never awaited by the caller) -------------------------------------
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from voxmesh.common.v1 import update_pb2
+from voxmesh.core.ids import require_id
 from voxmesh.core.ring_membership import RingMembership
 from voxmesh.core.telemetry import continued_span
 from voxmesh.router.device_hub import DeviceHub
+from voxmesh.router.presence_tracker import PresenceTracker
+from voxmesh.router.updates_stream import UpdatesStreamer
 from voxmesh.router.v1 import router_peer_service_pb2 as pb
 from voxmesh.router.v1 import router_peer_service_pb2_grpc as pb_grpc
 
@@ -17,8 +20,16 @@ RELAY_WINDOW_FRAMES = 64
 
 
 class RouterPeer(pb_grpc.RouterPeerServiceServicer):
-    def __init__(self, hub: DeviceHub, membership: RingMembership) -> None:
+    def __init__(
+        self,
+        hub: DeviceHub,
+        membership: RingMembership,
+        updates: UpdatesStreamer,
+        presence: PresenceTracker,
+    ) -> None:
         self._hub = hub
+        self._updates = updates
+        self._presence = presence
         self._membership = membership
         self.node_id = ""
         # The user's home router node id: the router sets the one that skips suspect routers.
@@ -29,11 +40,19 @@ class RouterPeer(pb_grpc.RouterPeerServiceServicer):
     def bind(self, node_id: str, address: str) -> None:
         self.node_id = node_id
 
+    def _thread_news(self, event: bytes, user_ids: Sequence[str]) -> None:
+        """New members of a thread: presence tells them about each other (see PresenceTracker)."""
+        parsed = update_pb2.UpdateEvent.FromString(event)
+        if parsed.HasField("thread_changed"):
+            self._presence.thread_changed(parsed.thread_changed, list(user_ids))
+
     def _deliver(
         self, user_ids: list[str], event: update_pb2.UpdateEvent, exclude_device: str
     ) -> tuple[list[str], int]:
         """Hand to local devices; report users this router is no longer home for."""
         delivered = 0
+        if event.HasField("thread_changed"):
+            self._presence.thread_changed(event.thread_changed, user_ids)
         for user in user_ids:
             skip = (user, exclude_device) if exclude_device else None
             delivered += self._hub.deliver([user], event, skip)
@@ -53,6 +72,8 @@ class RouterPeer(pb_grpc.RouterPeerServiceServicer):
             check_home = len(ring) > 0
             moved: list[str] = []
             for entry in frame.entries:
+                if not entry.ephemeral:  # durable events only (never live chunks): rare
+                    self._thread_news(entry.event, entry.user_ids)
                 if entry.ephemeral or not entry.traceparent:
                     self._deliver_entry(entry, ring, check_home, moved)
                 else:
@@ -82,3 +103,28 @@ class RouterPeer(pb_grpc.RouterPeerServiceServicer):
             list(request.user_ids), request.event, request.exclude_device_id
         )
         return pb.DeliverEventResponse(moved_user_ids=moved, delivered_device_count=delivered)
+
+    async def ProxyUpdates(
+        self, request: pb.ProxyUpdatesRequest, context: Any
+    ) -> AsyncIterator[pb.ProxyUpdatesResponse]:
+        """The user's own updates stream, served here for the router the device reached.
+
+        The device's token was verified there; if this router is no longer the user's home,
+        the stream ends with the same redirect reason a direct stream would (the device
+        reconnects through the gateway and lands on a router that proxies to the new home).
+        """
+        user = require_id(request.user_id, "user_id")
+        async for frame in self._updates.stream(
+            user, request.request.device_id, request.request.cursor
+        ):
+            # Messages or spliced wire bytes, sent as they are (SplicedUpdatesInterceptor).
+            yield frame  # type: ignore[misc]
+
+    async def ProxySetPresence(
+        self, request: pb.ProxySetPresenceRequest, context: Any
+    ) -> pb.ProxySetPresenceResponse:
+        user = require_id(request.user_id, "user_id")
+        presence = self._presence.set_presence(
+            user, request.request.device_id, request.request.state
+        )
+        return pb.ProxySetPresenceResponse(presence=presence)

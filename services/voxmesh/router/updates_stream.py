@@ -139,6 +139,10 @@ class UpdatesStreamer:
 
 
 UPDATES_METHOD = "/voxmesh.router.v1.RouterService/Updates"
+# The home router's side of a proxied updates stream: the same frames (its response message
+# has UpdatesResponse's fields), so it is spliced and passed through the same way.
+PROXY_UPDATES_METHOD = "/voxmesh.router.v1.RouterPeerService/ProxyUpdates"
+_SPLICED_METHODS = (UPDATES_METHOD, PROXY_UPDATES_METHOD)
 _EVENTS_TAG = b"\x0a"  # UpdatesResponse.events, field 1, length-delimited
 _CURSOR_TAG = b"\x12"  # UpdatesResponse.cursor, field 2, length-delimited
 
@@ -181,7 +185,7 @@ class SplicedUpdatesInterceptor(AroundInterceptor):
         handler = await continuation(handler_call_details)
         if (
             handler is None
-            or handler_call_details.method != UPDATES_METHOD
+            or handler_call_details.method not in _SPLICED_METHODS
             or handler.unary_stream is None
         ):
             return handler

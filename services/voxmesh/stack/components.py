@@ -270,6 +270,25 @@ def plan_stack(settings: Settings, paths: StackPaths) -> list[Component]:
                     },
                 )
             )
+    web = settings.web
+    components.append(
+        Component(
+            name="web",
+            role="gateway",
+            command=(
+                sys.executable,
+                "-m",
+                "voxmesh",
+                "--config",
+                str(paths.settings_file),
+                "gateway",
+                "serve",
+            ),
+            ports=(("http", web.port),),
+            probe=lambda: readiness.http_get(f"http://{host}:{web.port}/config.json"),
+            env={"PYTHONUNBUFFERED": "1"},
+        )
+    )
     components.append(
         Component(
             name="envoy",

@@ -29,6 +29,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from voxmesh.core.settings import Settings
 from voxmesh.gateway.envoy_config import render_envoy_yaml
+from voxmesh.gateway.router_endpoints import write_endpoints
 from voxmesh.stack.components import (
     Component,
     StackPaths,
@@ -194,8 +195,12 @@ class LocalStack:
         settings_json = pydantic.TypeAdapter(Settings).dump_python(self.settings, mode="json")
         self.paths.settings_file.write_text(json.dumps(settings_json, indent=2))
         issue_local_certificates(self.settings)
+        # Envoy starts with the configured routers; the web gateway rewrites the file as the
+        # router ring changes (routers added or gone), and Envoy follows without a restart.
+        endpoints = self.settings.router_endpoints_file
+        write_endpoints(endpoints, router_addresses(self.settings), "initial")
         self.paths.envoy_config.write_text(
-            render_envoy_yaml(self.settings, router_addresses(self.settings))
+            render_envoy_yaml(self.settings, router_addresses(self.settings), endpoints)
         )
         self._write_supervisor_config()
         self._start_supervisor()

@@ -1,0 +1,89 @@
+/**
+ * Microphone capture. MediaRecorder in short timeslices: each slice is a chunk of one
+ * WebM/Opus file, sent while recording goes on. A second capture (WebRTC's 20 ms frames)
+ * implements the same interface; the talk controller does not care which one runs.
+ */
+export interface CapturedChunk {
+  payload: Uint8Array;
+  mediaTimeMs: number;
+}
+
+export interface VoiceCapture {
+  readonly contentType: string;
+  /** Start recording; ``onChunk`` gets each slice in order. Resolves once frames flow. */
+  start(onChunk: (c: CapturedChunk) => void): Promise<void>;
+  /** Stop; resolves after the last chunk was handed over, with the recorded duration. */
+  stop(): Promise<number>;
+  /** The microphone's level now (0..1), for the meter. */
+  level(): number;
+}
+
+export const WEBM_OPUS = "audio/webm;codecs=opus";
+
+export class MediaRecorderCapture implements VoiceCapture {
+  readonly contentType = WEBM_OPUS;
+  private stream: MediaStream | null = null;
+  private recorder: MediaRecorder | null = null;
+  private analyser: AnalyserNode | null = null;
+  private startedAt = 0;
+  private readonly samples = new Float32Array(1024);
+
+  constructor(
+    private readonly timesliceMs = 100,
+    private readonly ctx: () => AudioContext,
+  ) {}
+
+  private async microphone(): Promise<MediaStream> {
+    if (this.stream && this.stream.getAudioTracks().some((t) => t.readyState === "live")) return this.stream;
+    if (!navigator.mediaDevices?.getUserMedia) throw new Error("this browser gives no microphone access (a secure origin is needed)");
+    try {
+      this.stream = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: true } });
+    } catch (e) {
+      throw new Error(`no microphone: ${e instanceof Error ? e.message : String(e)}. Allow microphone access for this site.`);
+    }
+    const src = this.ctx().createMediaStreamSource(this.stream);
+    this.analyser = this.ctx().createAnalyser();
+    src.connect(this.analyser);
+    return this.stream;
+  }
+
+  async start(onChunk: (c: CapturedChunk) => void): Promise<void> {
+    if (!MediaRecorder.isTypeSupported(WEBM_OPUS)) throw new Error("this browser cannot record WebM/Opus");
+    const stream = await this.microphone();
+    const recorder = new MediaRecorder(stream, { mimeType: WEBM_OPUS, audioBitsPerSecond: 32_000 });
+    this.recorder = recorder;
+    recorder.addEventListener("dataavailable", (e: BlobEvent) => {
+      if (!e.data.size) return;
+      const mediaTimeMs = Math.round(performance.now() - this.startedAt);
+      // Blob reads resolve in order, so chunks keep their order.
+      void e.data.arrayBuffer().then((b) => onChunk({ payload: new Uint8Array(b), mediaTimeMs }));
+    });
+    await new Promise<void>((resolve, reject) => {
+      recorder.addEventListener("start", () => resolve(), { once: true });
+      recorder.addEventListener("error", () => reject(new Error("the recorder failed to start")), { once: true });
+      this.startedAt = performance.now();
+      recorder.start(this.timesliceMs);
+    });
+  }
+
+  async stop(): Promise<number> {
+    const recorder = this.recorder;
+    this.recorder = null;
+    if (!recorder || recorder.state === "inactive") return 0;
+    await new Promise<void>((resolve) => {
+      recorder.addEventListener("stop", () => resolve(), { once: true });
+      recorder.stop();
+    });
+    // The last dataavailable's arrayBuffer() resolves after "stop": give it its turn.
+    await new Promise((r) => setTimeout(r, 0));
+    return Math.round(performance.now() - this.startedAt);
+  }
+
+  level(): number {
+    if (!this.analyser) return 0;
+    this.analyser.getFloatTimeDomainData(this.samples);
+    let sum = 0;
+    for (const s of this.samples) sum += s * s;
+    return Math.sqrt(sum / this.samples.length);
+  }
+}
