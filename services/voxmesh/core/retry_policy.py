@@ -159,6 +159,9 @@ CALL_SAFETY: Mapping[tuple[str, str], CallSafety] = {
     # peer routers: an event belongs to its user's home router; devices apply repeats by id.
     ("router", "Relay"): _I,
     ("router", "DeliverEvent"): _I,
+    # a proxied updates stream resumes from the device's cursor; presence sets a state.
+    ("router", "ProxyUpdates"): _R,
+    ("router", "ProxySetPresence"): _I,
 }
 
 
