@@ -210,19 +210,20 @@ async def test_unreachable_or_wrong_issuer_is_unavailable_not_a_crash(
 
 
 def test_the_local_issuer_is_for_environment_local_only() -> None:
+    # "staging" has no config/<environment>.toml: only the defaults and the environment count.
     with pytest.raises(SettingsError, match="cannot use the local development token issuer"):
-        load_settings(environ={"VOXMESH__ENVIRONMENT": "prod"})
+        load_settings(environ={"VOXMESH__ENVIRONMENT": "staging"})
     with pytest.raises(SettingsError, match="must be an https URL"):
         load_settings(
             environ={
-                "VOXMESH__ENVIRONMENT": "prod",
+                "VOXMESH__ENVIRONMENT": "staging",
                 "VOXMESH__AUTH__PROVIDER": "oidc",
                 "VOXMESH__AUTH__ISSUER": "http://issuer.example",
             }
         )
     firebase = load_settings(
         environ={
-            "VOXMESH__ENVIRONMENT": "prod",
+            "VOXMESH__ENVIRONMENT": "staging",
             "VOXMESH__AUTH__PROVIDER": "oidc",
             "VOXMESH__AUTH__ISSUER": "https://securetoken.google.com/voxmesh-prod",
             "VOXMESH__AUTH__AUDIENCE": "voxmesh-prod",
