@@ -11,7 +11,8 @@ export type DiagnosticEvent =
   | { type: "firstLiveChunk"; messageId: string; at: number; index: number; sessionIndex: number }
   | { type: "tone"; messageId: string; at: number; hz: number; level: number }
   | { type: "playEnd"; messageId: string; at: number }
-  | { type: "error"; messageId: string; at: number; text: string };
+  | { type: "error"; messageId: string; at: number; text: string }
+  | { type: "transport"; messageId: string; at: number; role: "talk" | "listen"; transport: "webrtc" | "grpc-web"; reason: string };
 
 class Diagnostics {
   readonly events: DiagnosticEvent[] = [];

@@ -22,6 +22,8 @@ import { ChunkAssembler, type BodyChunk } from "./chunks";
 import { audioOutput } from "./output";
 import { createPlayer, type VoicePlayer } from "./players";
 import { ChunkUplink, type OutChunk } from "./uplink";
+import { WebRtcVoice } from "./webrtc_voice";
+import type { Transport } from "./webrtc";
 
 export const RATES = [1, 1.5, 2] as const;
 // A talk call that hangs is retried (DEADLINE_EXCEEDED is transient; chunks are idempotent).
@@ -41,6 +43,9 @@ export interface VoiceView {
   talkingIn: string | null;
   talkingMessageId: string | null;
   playing: { threadId: string; messageId: string; rate: number; live: boolean } | null;
+  /** How the current talk / playback travels ("webrtc" or "grpc-web"), shown beside it. */
+  talkTransport: Transport | null;
+  listenTransport: Transport | null;
 }
 
 export class VoiceController {
@@ -59,7 +64,25 @@ export class VoiceController {
     private readonly onError: (text: string) => void,
   ) {
     this.capture = new MediaRecorderCapture(100, () => audioOutput().ctx);
+    this.rtc = new WebRtcVoice(router, deviceId, {
+      changed: () => this.changed(),
+      onError,
+      fallbackListen: (h) => {
+        if (!this.listening && !this.talk) this.begin(h, 1, true);
+      },
+      listened: (h) => {
+        this.heard.add(h.messageId);
+        void this.router.markListened({ threadId: h.threadId, messageId: h.messageId, deviceId: this.deviceId }).catch(() => {});
+      },
+      upsertHeader: (h) => {
+        this.chat.upsertHeader(h);
+        this.chat.changed();
+      },
+    });
   }
+
+  /** The WebRTC transport (talk and live listen); falls back to the paths below. */
+  readonly rtc: WebRtcVoice;
 
   /** Swap the capture (e.g. a WebRTC capture); only between messages. */
   useCapture(c: VoiceCapture): void {
@@ -77,10 +100,13 @@ export class VoiceController {
 
   view(): VoiceView {
     const l = this.listening;
+    const r = this.rtc.view();
     return {
-      talkingIn: this.talk?.threadId ?? null,
-      talkingMessageId: this.talk?.messageId ?? null,
-      playing: l ? { threadId: l.header.threadId, messageId: l.header.messageId, rate: l.rate, live: l.live } : null,
+      talkingIn: this.talk?.threadId ?? r.talkingIn,
+      talkingMessageId: this.talk?.messageId ?? r.talkingMessageId,
+      playing: l ? { threadId: l.header.threadId, messageId: l.header.messageId, rate: l.rate, live: l.live } : r.playing,
+      talkTransport: this.talk ? "grpc-web" : r.talkingIn ? "webrtc" : null,
+      listenTransport: l ? "grpc-web" : r.playing ? "webrtc" : null,
     };
   }
 
@@ -93,13 +119,14 @@ export class VoiceController {
   private starting: Promise<void> | null = null;
 
   startTalking(threadId: string): Promise<void> {
-    if (this.talk || this.starting) return this.starting ?? Promise.resolve();
+    if (this.talk || this.starting || this.rtc.talking()) return this.starting ?? Promise.resolve();
     this.starting = this.beginTalk(threadId).finally(() => (this.starting = null));
     return this.starting;
   }
 
   private async beginTalk(threadId: string): Promise<void> {
     void audioOutput().resume();
+    if (await this.rtc.tryTalk(threadId)) return;
     const messageId = uuidv7();
     const contentType = this.capture.contentType;
     let first = true;
@@ -156,6 +183,7 @@ export class VoiceController {
 
   async stopTalking(): Promise<void> {
     if (this.starting) await this.starting; // released while the microphone was opening
+    if (this.rtc.talking()) return this.rtc.stopTalk();
     const talk = this.talk;
     if (!talk || talk.stopping) return;
     talk.stopping = true;
@@ -179,11 +207,13 @@ export class VoiceController {
     if (h.kind !== MessageKind.VOICE) return;
     const thread = this.chat.threads.get(h.threadId);
     if (thread?.thread.userState?.muted) return;
-    if (this.listening || this.talk) return; // played in turn afterwards (next unheard)
+    if (this.listening || this.talk || this.rtc.busy()) return; // played in turn afterwards (next unheard)
+    if (this.rtc.tryListen(h)) return;
     this.begin(h, 1, true);
   }
 
   liveChunks(messageId: string, chunks: BodyChunk[]): void {
+    this.rtc.liveChunks(messageId);
     const l = this.listening;
     if (!this.seenLive.has(messageId) && chunks.length) {
       this.seenLive.add(messageId);
@@ -202,6 +232,7 @@ export class VoiceController {
   }
 
   messageEnded(h: MessageHeader): void {
+    this.rtc.messageEnded(h);
     const l = this.listening;
     if (!l || l.header.messageId !== h.messageId) return;
     l.header = h;
@@ -229,6 +260,7 @@ export class VoiceController {
   }
 
   stop(): void {
+    this.rtc.stopListening();
     const l = this.listening;
     if (!l) return;
     this.listening = null;

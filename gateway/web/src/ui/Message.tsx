@@ -61,6 +61,13 @@ function Waveform({ app, h }: { app: AppModel; h: MessageHeader }) {
   );
 }
 
+/** How this audio travels: "live via WebRTC" or "via gRPC-web". */
+export function TransportBadge({ transport, live }: { transport: "webrtc" | "grpc-web" | null; live: boolean }) {
+  if (!transport) return null;
+  const text = transport === "webrtc" ? "live via WebRTC" : live ? "live via gRPC-web" : "via gRPC-web";
+  return <span class="transport" data-transport={transport}>{text}</span>;
+}
+
 function Voice({ app, h }: { app: AppModel; h: MessageHeader }) {
   useChanges(app.voice);
   const [rate, setRate] = useState<number>(1);
@@ -77,6 +84,7 @@ function Voice({ app, h }: { app: AppModel; h: MessageHeader }) {
       )}
       <Waveform app={app} h={h} />
       <span class="duration">{live ? "live" : formatDuration(duration)}</span>
+      {isPlaying && <TransportBadge transport={app.voice.view().listenTransport} live={playing!.live} />}
       <label>
         Speed{" "}
         <select

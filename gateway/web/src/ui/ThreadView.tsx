@@ -4,7 +4,7 @@ import type { AppModel } from "../state/app";
 import type { ThreadEntry } from "../state/chat";
 import { isGroup, presenceLabel } from "./App";
 import { useChanges, useTicker } from "./hooks";
-import { MessageItem } from "./Message";
+import { MessageItem, TransportBadge } from "./Message";
 
 function TalkButton({ app, threadId }: { app: AppModel; threadId: string }) {
   const voice = app.voice;
@@ -58,6 +58,7 @@ function TalkButton({ app, threadId }: { app: AppModel; threadId: string }) {
         🎙 {talking ? "Talking…" : locked ? "Tap to talk" : "Hold to talk"}
         <span class="meter" aria-hidden="true" style={{ width: `${Math.round(level * 100)}%` }} />
       </button>
+      {talking && <TransportBadge transport={v.talkTransport} live={true} />}
       <label class="lock">
         <input type="checkbox" checked={locked} onChange={(e) => setLocked((e.target as HTMLInputElement).checked)} /> Hands-free (tap to start and stop)
       </label>
