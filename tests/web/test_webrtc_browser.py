@@ -43,6 +43,7 @@ from voxmesh.stack.local_stack import LocalStack
 
 pytestmark = pytest.mark.stack
 
+
 @pytest.fixture(scope="module")
 def rtc_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     require_spanner_emulator()
@@ -77,9 +78,7 @@ async def rtc_browser(tone_file: Path) -> AsyncIterator[Any]:
             if not f.startswith(("--disable-features=", "--force-webrtc-ip-handling-policy"))
         ]
         features = [f for f in CHROMIUM_FLAGS if f.startswith("--disable-features=")]
-        disabled = ",".join(
-            [*(f.split("=", 1)[1] for f in features), "WebRtcHideLocalIpsWithMdns"]
-        )
+        disabled = ",".join([*(f.split("=", 1)[1] for f in features), "WebRtcHideLocalIpsWithMdns"])
         launched = await p.chromium.launch(
             executable_path=chromium,
             args=[
@@ -123,7 +122,8 @@ async def test_talk_and_listen_over_webrtc_in_chromium_with_fallbacks(
     await _open_thread(bob, thread_id)
     await alice.locator(".thread-pane").wait_for()
 
-    carol = Device(settings, users["carol"], uuid7(), f"{settings.host}:{settings.router.port}")
+    carol_home = rtc_homes.preference_list("router", users["carol"], 1)[0].address
+    carol = Device(settings, users["carol"], uuid7(), carol_home)
     updates = carol.updates()
     await collect_updates(updates, lambda e: e.HasField("caught_up"))
     carol_events: list[update_pb2.UpdateEvent] = []
@@ -229,9 +229,11 @@ async def test_talk_and_listen_over_webrtc_in_chromium_with_fallbacks(
     await _wait_for(lambda: _no_playback(bob), 10, "Bob's page to finish playing", bob)
     blocked = await _sign_in(browser, settings, users["alice"])
     await _open_thread(blocked, thread_id)
-    blocked_id, _ = await _talk(blocked, 1.5, lambda _: blocked.locator(
-        ".talk .transport[data-transport=grpc-web]"
-    ).wait_for())
+    blocked_id, _ = await _talk(
+        blocked,
+        1.5,
+        lambda _: blocked.locator(".talk .transport[data-transport=grpc-web]").wait_for(),
+    )
     events = await _diagnostics(blocked)
     tried = [e for e in _events(events, "transport") if e["role"] == "talk"]
     assert tried and tried[-1]["transport"] == "grpc-web", tried

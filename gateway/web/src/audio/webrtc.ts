@@ -214,6 +214,12 @@ export class WebRtcTalk {
     const header = new Promise<MessageHeader>((resolve, reject) => {
       this.completed = resolve;
       this.stoppedWith = reject;
+      // The router hangs up once the message is complete; its final header also comes on the
+      // updates stream, so a hang-up before `completed` arrived is not an error.
+      this.pc.addEventListener("connectionstatechange", () => {
+        if (["closed", "failed", "disconnected"].includes(this.pc.connectionState)) resolve(this.header);
+      });
+      this.channel.addEventListener("close", () => resolve(this.header));
       setTimeout(() => reject(new Error("the router did not confirm the end of the message")), timeoutMs);
     });
     const send = () => this.channel.send(toBinary(SendRequestSchema, create(SendRequestSchema, { end: {} })));

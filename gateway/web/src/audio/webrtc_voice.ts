@@ -122,6 +122,8 @@ export class WebRtcVoice {
   async stopTalk(): Promise<void> {
     const t = this.talk;
     if (!t) return;
+    this.talk = null; // the button is free for the next message at once
+    this.host.changed();
     try {
       const header = await t.session.end();
       this.host.upsertHeader(header);
@@ -129,8 +131,6 @@ export class WebRtcVoice {
       this.host.onError(`Your voice message did not end cleanly: ${errorText(e)}`);
     } finally {
       for (const track of t.mic.getTracks()) track.stop();
-      this.talk = null;
-      this.host.changed();
     }
   }
 
