@@ -28,9 +28,6 @@ CHROMIUM_FLAGS = [
     "--autoplay-policy=no-user-gesture-required",
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
-    # No UDP for WebRTC (as on a network that blocks it): the app's gRPC-web path; the WebRTC
-    # tests launch their own browser with loopback candidates allowed.
-    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
 ]
 
 
