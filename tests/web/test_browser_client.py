@@ -87,7 +87,11 @@ def _url(settings: Settings) -> str:
     return grpc_web.gateway_url(settings)  # https: Envoy's listener speaks TLS
 
 
-async def _sign_in(browser: Any, settings: Settings, user: str) -> Any:
+async def _sign_in(
+    browser: Any, settings: Settings, user: str, transport: str | None = "grpc-web"
+) -> Any:
+    """A signed-in page. This file's walkthrough is the gRPC-web path (MediaRecorder talks,
+    chunk playback), so its pages keep to it; ``transport=None`` lets the app choose WebRTC."""
     # The gateway's certificate comes from the stack's own local CA.
     context = await browser.new_context(
         viewport={"width": 1180, "height": 760}, ignore_https_errors=True
@@ -101,7 +105,7 @@ async def _sign_in(browser: Any, settings: Settings, user: str) -> Any:
         lambda m: problems.append(f"console {m.type}: {m.text}") if m.type != "log" else None,
     )
     page.problems = problems
-    await page.goto(_url(settings) + "/")
+    await page.goto(_url(settings) + "/" + (f"?transport={transport}" if transport else ""))
     await page.get_by_label("User name").fill(user)
     await page.get_by_role("button", name="Sign in").click()
     await page.locator("[data-connection=live]").wait_for()

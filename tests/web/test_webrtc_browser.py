@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests import grpc_web
 from tests.conftest import require_spanner_emulator
 from tests.ports import stack_overrides
 from tests.voxmesh_client import Device, collect_updates, uuid7
@@ -108,8 +109,8 @@ async def test_talk_and_listen_over_webrtc_in_chromium_with_fallbacks(
 ) -> None:
     settings = rtc_stack.settings
     users = _users(rtc_homes)
-    alice = await _sign_in(rtc_browser, settings, users["alice"])
-    bob = await _sign_in(rtc_browser, settings, users["bob"])
+    alice = await _sign_in(rtc_browser, settings, users["alice"], transport=None)
+    bob = await _sign_in(rtc_browser, settings, users["bob"], transport=None)
     await _group(alice, "Live", [users["bob"], users["carol"]])
     thread_button = bob.locator("button.thread", has_text="Live")
     await thread_button.wait_for()
@@ -196,7 +197,7 @@ async def test_talk_and_listen_over_webrtc_in_chromium_with_fallbacks(
 
     # Fallback 1: a page without RTCPeerConnection talks over gRPC-web (WebM chunks), and
     # Bob's page plays that WebM message over the chunk path.
-    context = await rtc_browser.new_context()
+    context = await rtc_browser.new_context(ignore_https_errors=True)  # the stack's local CA
     await context.add_init_script("delete window.RTCPeerConnection")
     plain = await _sign_in_in(context, settings, users["alice"])
     await _open_thread(plain, thread_id)
@@ -224,7 +225,7 @@ async def test_talk_and_listen_over_webrtc_in_chromium_with_fallbacks(
 async def _sign_in_in(context: Any, settings: Any, user: str) -> Any:
     page = await context.new_page()
     page.set_default_timeout(15_000)
-    await page.goto(f"http://{settings.host}:{settings.envoy.port}/")
+    await page.goto(grpc_web.gateway_url(settings) + "/")
     await page.get_by_label("User name").fill(user)
     await page.get_by_role("button", name="Sign in").click()
     await page.locator("[data-connection=live]").wait_for()
