@@ -32,5 +32,6 @@ def stack_overrides(run_dir: str) -> dict[str, object]:
             kind: {"port": free_port(), "internal_port": free_port(), "metrics_port": free_port()}
             for kind in ("router", "header", "body", "notification")
         },
-        "supervisor": {"ready_timeout_s": 60.0, "stop_timeout_s": 10.0, "autorestart": False},
+        # Stacks start in ~10 s on an idle 2-core machine; a busy one needed over 60 s.
+        "supervisor": {"ready_timeout_s": 150.0, "stop_timeout_s": 10.0, "autorestart": False},
     }
