@@ -33,34 +33,50 @@ class OggPage:
     media_time_ms: int
 
 
-def synthesize(text: str, voice: str = "en") -> Speech:
-    import espeakng_loader
+_CALLBACK_TYPE = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+)
+_samples = array.array("h")  # the current synthesis (under _lock)
+_engine: dict[str, Any] = {}  # eSpeak NG, initialised once per process
 
-    with _lock:
+
+def _on_samples(wav: Any, count: int, events: Any) -> int:
+    if count > 0:
+        _samples.extend(wav[:count])
+    return 0
+
+
+# Module-level, so eSpeak never calls back into a collected ctypes function.
+_CALLBACK = _CALLBACK_TYPE(_on_samples)
+
+
+def _espeak() -> tuple[Any, int]:
+    """The library and its sample rate. eSpeak NG keeps process-wide state: it is
+    initialised once (initialising it again in one process crashed it now and then)."""
+    if not _engine:
+        import espeakng_loader
+
         lib: Any = ctypes.cdll.LoadLibrary(str(espeakng_loader.get_library_path()))
-        samples = array.array("h")
-        callback_type = ctypes.CFUNCTYPE(
-            ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
-        )
-
-        def on_samples(wav: Any, count: int, events: Any) -> int:
-            if count > 0:
-                samples.extend(wav[:count])
-            return 0
-
-        callback = callback_type(on_samples)
         rate = lib.espeak_Initialize(
             _AUDIO_OUTPUT_SYNCHRONOUS, 0, str(espeakng_loader.get_data_path()).encode(), 0
         )
         if rate <= 0:
             raise RuntimeError("eSpeak NG failed to initialise")
-        lib.espeak_SetSynthCallback(callback)
+        lib.espeak_SetSynthCallback(_CALLBACK)
+        _engine.update(lib=lib, rate=rate)
+    return _engine["lib"], int(_engine["rate"])
+
+
+def synthesize(text: str, voice: str = "en") -> Speech:
+    with _lock:
+        lib, rate = _espeak()
+        del _samples[:]
         lib.espeak_SetVoiceByName(voice.encode())
         encoded = text.encode()
         if lib.espeak_Synth(encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, 0, None, None) != 0:
             raise RuntimeError("eSpeak NG could not synthesise the text")
         lib.espeak_Synchronize()
-        return Speech(samples.tobytes(), rate)
+        return Speech(_samples.tobytes(), rate)
 
 
 class _Pages(io.RawIOBase):
