@@ -205,6 +205,11 @@ class SegmentLog:
         )
 
     @property
+    def segments_written(self) -> int:
+        """How many segments this node has cut so far (the next segment's sequence number)."""
+        return self._next_seq
+
+    @property
     def segments_alive(self) -> int:
         """This node's segments not yet deleted (some body in them is not parted yet)."""
         return len(self._unsettled)
