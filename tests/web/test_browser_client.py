@@ -117,13 +117,24 @@ async def _open_thread(page: Any, thread_id: str) -> None:
     await page.locator(".thread-pane").wait_for()
 
 
-async def _completed(page: Any, message_id: str) -> None:
-    """The sender's page shows the message complete; else fail with what the page said."""
+async def _completed(page: Any, message_id: str, stack: LocalStack) -> None:
+    """The sender's page shows the message complete; else fail with what the page said, how
+    each of its uplink calls went, and what the mesh warned about meanwhile."""
     try:
         await page.locator(f"[data-message-id='{message_id}'][data-state=COMPLETE]").wait_for()
     except Exception as exc:
         said = await page.locator(".errors").inner_text()
-        raise AssertionError(f"{message_id} not complete: {said!r} {page.problems}") from exc
+        calls = _events(await _diagnostics(page), "uplink", message_id)
+        warned = [
+            f"{log.name}: {line}"
+            for log in sorted(stack.paths.logs.glob("*.log"))
+            for line in log.read_text(errors="replace").splitlines()
+            if '"severity": "WARNING"' in line or '"severity": "ERROR"' in line
+        ]
+        raise AssertionError(
+            f"{message_id} not complete: {said!r} {page.problems}\nuplink calls: {calls}\n"
+            "mesh warnings:\n" + "\n".join(warned[-40:])
+        ) from exc
 
 
 async def _diagnostics(page: Any) -> list[dict[str, Any]]:
@@ -316,7 +327,7 @@ async def test_walkie_talkie_in_chromium_through_the_gateway(
     bob_events = await _diagnostics(bob)
     heard_live = [t for t in _events(bob_events, "tone", first_id) if abs(t["hz"] - 440) < 25]
     assert heard_live and heard_live[0]["at"] < released, "Bob heard Alice only after she stopped"
-    await _completed(alice, first_id)
+    await _completed(alice, first_id, web_stack)
     stored = await _stored_body(settings, users["bob"], thread_id, first_id)
     assert abs(dominant_hz(stored) - 440) < 10, "the stored body is not Alice's 440 Hz tone"
 
@@ -328,7 +339,7 @@ async def test_walkie_talkie_in_chromium_through_the_gateway(
         )
         message_id, _ = await _talk(alice, 1.5)
         voice_ids.append(message_id)
-        await _completed(alice, message_id)
+        await _completed(alice, message_id, web_stack)
     await _wait_for(lambda: _no_playback(bob), 10, "Bob's page to finish playing", bob)
     alice_events, bob_events = await _diagnostics(alice), await _diagnostics(bob)
     from_record, from_chunk = [], []

@@ -12,6 +12,7 @@ export type DiagnosticEvent =
   | { type: "tone"; messageId: string; at: number; hz: number; level: number }
   | { type: "playEnd"; messageId: string; at: number }
   | { type: "error"; messageId: string; at: number; text: string }
+  | { type: "uplink"; messageId: string; at: number; call: "start" | "append" | "end"; ms: number; outcome: string; chunks?: number }
   | { type: "transport"; messageId: string; at: number; role: "talk" | "listen"; transport: "webrtc" | "grpc-web"; reason: string };
 
 class Diagnostics {

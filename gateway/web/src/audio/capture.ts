@@ -26,6 +26,8 @@ export class MediaRecorderCapture implements VoiceCapture {
   private recorder: MediaRecorder | null = null;
   private analyser: AnalyserNode | null = null;
   private startedAt = 0;
+  /** Every slice read so far, in order: stop() resolves only after the last one was handed over. */
+  private reads: Promise<void> = Promise.resolve();
   private readonly samples = new Float32Array(1024);
 
   constructor(
@@ -52,11 +54,16 @@ export class MediaRecorderCapture implements VoiceCapture {
     const stream = await this.microphone();
     const recorder = new MediaRecorder(stream, { mimeType: WEBM_OPUS, audioBitsPerSecond: 32_000 });
     this.recorder = recorder;
+    this.reads = Promise.resolve();
     recorder.addEventListener("dataavailable", (e: BlobEvent) => {
       if (!e.data.size) return;
       const mediaTimeMs = Math.round(performance.now() - this.startedAt);
-      // Blob reads resolve in order, so chunks keep their order.
-      void e.data.arrayBuffer().then((b) => onChunk({ payload: new Uint8Array(b), mediaTimeMs }));
+      // Each slice is read after the one before it, so chunks keep their order however long
+      // a read takes on a busy machine.
+      const blob = e.data;
+      this.reads = this.reads
+        .then(() => blob.arrayBuffer())
+        .then((b) => onChunk({ payload: new Uint8Array(b), mediaTimeMs }));
     });
     await new Promise<void>((resolve, reject) => {
       recorder.addEventListener("start", () => resolve(), { once: true });
@@ -74,8 +81,8 @@ export class MediaRecorderCapture implements VoiceCapture {
       recorder.addEventListener("stop", () => resolve(), { once: true });
       recorder.stop();
     });
-    // The last dataavailable's arrayBuffer() resolves after "stop": give it its turn.
-    await new Promise((r) => setTimeout(r, 0));
+    // The last slice's dataavailable comes before "stop"; its read may finish later.
+    await this.reads;
     return Math.round(performance.now() - this.startedAt);
   }
 

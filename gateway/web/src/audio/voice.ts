@@ -130,9 +130,23 @@ export class VoiceController {
     const messageId = uuidv7();
     const contentType = this.capture.contentType;
     let first = true;
+    // Each call's outcome goes to the diagnostics: a message that never completes says where.
+    const traced = async <T,>(call: "start" | "append" | "end", run: () => Promise<T>, chunks?: number): Promise<T> => {
+      const began = diagnostics.now();
+      const note = (outcome: string) =>
+        diagnostics.record({ type: "uplink", messageId, at: began, call, ms: Math.round(diagnostics.now() - began), outcome, chunks });
+      try {
+        const result = await run();
+        note("ok");
+        return result;
+      } catch (e) {
+        note(errorText(e));
+        throw e;
+      }
+    };
     const uplink = new ChunkUplink<MessageHeader>(
       {
-        start: async () => {
+        start: () => traced("start", async () => {
           const r = await this.router.startMessage({
             deviceId: this.deviceId,
             start: { messageId, threadId, kind: MessageKind.VOICE, contentType, createdAt: timestampNow() },
@@ -141,8 +155,8 @@ export class VoiceController {
             this.chat.upsertHeader(r.header);
             this.chat.changed();
           }
-        },
-        append: async (chunks: OutChunk[]) => {
+        }),
+        append: (chunks: OutChunk[]) => traced("append", async () => {
           const r = await this.router.appendChunks({
             threadId,
             messageId,
@@ -151,15 +165,15 @@ export class VoiceController {
             ),
           }, CALL);
           return Number(r.ack?.durableChunkCount ?? 0n);
-        },
-        end: async (t) => {
+        }, chunks.length),
+        end: (t) => traced("end", async () => {
           const r = await this.router.endMessage({
             threadId,
             messageId,
             end: { chunkCount: BigInt(t.chunkCount), sizeBytes: BigInt(t.sizeBytes), duration: durationFromMs(t.durationMs) },
           }, CALL);
           return r.header!;
-        },
+        }, t.chunkCount),
       },
       { isTransient },
     );
