@@ -755,12 +755,28 @@ async def test_killing_a_header_node_under_load_fails_no_call_and_loses_no_write
         await _wait_for(lambda: len(rings.members("header")) == 2, 20, "the header node to rejoin")
 
 
+async def _names_the_living(settings: Settings, user: str, exc: grpc.aio.AioRpcError) -> bool:
+    """A redirect is a failure only if it names a router that does not answer: while rings
+    converge (a member that just joined or left), a router may name another live one."""
+    named = next((str(v) for k, v in exc.trailing_metadata() or () if k == "voxmesh-routers"), "")
+    if not named:
+        return False
+    probe = Device(settings, user, "d", named.split(",")[0])
+    try:
+        await probe.call("Discover", pb.DiscoverRequest(user_id=user))
+        return True
+    except grpc.aio.AioRpcError:
+        return False
+    finally:
+        await probe.close()
+
+
 async def _keep_updates_open(
     settings: Settings, user: str, load: _Load, stop: asyncio.Event, live: dict[str, str]
 ) -> None:
     """A device's updates stream as a client keeps it: Discover, connect to the first router
     (the next one if it is UNAVAILABLE), resume from the cursor whenever the stream ends. A
-    refusal (a redirect naming a dead router, an error) is a failure."""
+    refusal (a redirect naming a router that does not answer, an error) is a failure."""
     cursor = ""
     while not stop.is_set():
         try:
@@ -787,6 +803,9 @@ async def _keep_updates_open(
                             load.failovers += 1  # its router just died: the next one
                             continue
                         break  # the stream broke: Discover again
+                    redirected = exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+                    if redirected and await _names_the_living(settings, user, exc):
+                        break  # redirected to a router that serves: follow it (Discover again)
                     load.fail(f"Updates {user}", exc)
                     await asyncio.sleep(0.1)
                     break

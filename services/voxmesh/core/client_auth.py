@@ -31,7 +31,7 @@ import structlog
 from voxmesh.core.domain_errors import InvalidArgument, Unauthenticated, Unavailable
 from voxmesh.core.ids import require_id
 from voxmesh.core.oidc_key_set import KeysUnavailable, OidcKeySet
-from voxmesh.core.rpc_interceptors import AroundInterceptor
+from voxmesh.core.rpc_interceptors import AroundInterceptor, restore
 from voxmesh.core.settings import AuthSettings
 
 _REQUIRED_CLAIMS = ["sub", "exp", "iat", "iss", "aud"]
@@ -212,4 +212,4 @@ class AuthInterceptor(AroundInterceptor):
         try:
             yield
         finally:
-            _caller.reset(reset)
+            restore(_caller, reset, None)

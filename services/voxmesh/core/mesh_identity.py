@@ -23,7 +23,7 @@ import grpc
 import structlog
 
 from voxmesh.core.domain_errors import PermissionDenied, Unauthenticated
-from voxmesh.core.rpc_interceptors import AroundInterceptor
+from voxmesh.core.rpc_interceptors import AroundInterceptor, restore
 
 MESH_KINDS = ("router", "header", "body", "notification")
 _ANY_MESH = frozenset(MESH_KINDS)
@@ -153,5 +153,5 @@ class CallerIdentityInterceptor(AroundInterceptor):
         try:
             yield
         finally:
-            _peer.reset(reset)
+            restore(_peer, reset, None)
             structlog.contextvars.unbind_contextvars("caller")

@@ -7,11 +7,12 @@ around the handler's behaviour, for unary and streaming RPCs alike (see ``_wrap`
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import prometheus_client
@@ -105,6 +106,8 @@ def _refusal_trailers(
     )
 
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:  # generic in grpc-stubs only, not at run time
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
@@ -112,6 +115,17 @@ else:
 ServerInterceptor = _ServerInterceptor  # what ServiceParts.interceptors holds
 
 Around = Callable[[str, grpc.aio.ServicerContext[Any, Any]], AbstractAsyncContextManager[None]]
+
+
+def restore(var: contextvars.ContextVar[T], token: contextvars.Token[T], empty: T) -> None:
+    """Undo an ``around``'s ``var.set``. A streaming call the client cancelled leaves its
+    generator to the event loop's finaliser, which closes it in another context where the
+    token is not valid (a ValueError, logged as a traceback per call): that context ends
+    with the call, so ``empty`` is set instead."""
+    try:
+        var.reset(token)
+    except ValueError:
+        var.set(empty)
 
 
 def _wrap(
