@@ -456,6 +456,8 @@ def _sweep_section(name: str, sweep: dict[str, Any]) -> list[str]:
                 fmt(s["write_block_ms"]["p99"]),
                 fmt(s["loadgen_loop_lag_ms"]["p99"]),
                 fmt(server_cpu),
+                fmt(s.get("server_cpu_measured_s")),
+                fmt(s.get("server_cpu_ms_per_delivery")),
                 fmt(s.get("store_writes_per_s")),
                 fmt((s.get("load_average_before") or [None])[0]),
                 s["verdict"]
@@ -478,7 +480,9 @@ def _sweep_section(name: str, sweep: dict[str, Any]) -> list[str]:
             "late send p99",
             "write wait p99",
             "loadgen loop lag p99",
-            "server CPU s",
+            "server CPU s (step)",
+            "server CPU s (measured phase)",
+            "CPU ms per delivered frame",
             "store writes/s (body node)",
             "load avg",
             "verdict",
@@ -607,7 +611,12 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         f"'late send' is how late frames left the speaker against their 20 ms schedule "
         f"(backpressure or a busy generator), 'write wait' the time a write awaited the stream, "
         f"'loop lag' how late the generator's event loop woke (its own CPU shortage), 'load avg' "
-        f"the machine's 1-minute load average as the step began (other work on the machine).",
+        f"the machine's 1-minute load average as the step began (other work on the machine). "
+        f"'server CPU' is every server process of the system (for voxmesh: router, header, "
+        f"body and notification nodes, etcd, Redis, the emulators, Envoy), over the whole step "
+        f"and over the measured phase; CPU per delivered frame divides the measured phase's "
+        f"CPU by the frames delivered in it (the steady live path: the messages' start in the "
+        f"warm-up and their end in the drain are in the step's figure only).",
         "",
         "Baselines: the **bare grpc.aio relay** (bench/grpc_relay_baseline.py: one uvloop process "
         "forwarding each speaker's client stream as raw bytes to the server streams subscribed to "

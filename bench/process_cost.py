@@ -31,6 +31,8 @@ class _Watched:
     cpu_start: float = 0.0
     peak_rss: int = 0
     cpu_end: float = 0.0
+    window_start: float | None = None  # CPU at the window's start and end (if one was given)
+    window_end: float | None = None
     hwm: int = 0
     gone: bool = False
 
@@ -57,7 +59,11 @@ class _Watched:
 class ProcessCost:
     """Use as a context manager around the measured stretch; ``report()`` afterwards."""
 
-    def __init__(self, pids: Mapping[str, int]) -> None:
+    def __init__(self, pids: Mapping[str, int], window: tuple[float, float] | None = None) -> None:
+        """``window``: (start, end) in ``time.monotonic()`` seconds inside the stretch, e.g.
+        a load step's measured phase; its CPU is reported beside the whole stretch's."""
+        self._window = window
+        self._window_thread: threading.Thread | None = None
         self._watched: list[_Watched] = []
         for name, pid in pids.items():
             try:
@@ -76,15 +82,34 @@ class ProcessCost:
             for watched in self._watched:
                 watched.peak_rss = max(watched.peak_rss, watched.rss())
 
+    def _mark_window(self) -> None:
+        assert self._window is not None
+        start, end = self._window
+        if self._stop.wait(max(0.0, start - time.monotonic())):
+            return
+        for watched in self._watched:
+            watched.window_start = watched.cpu()
+        if self._stop.wait(max(0.0, end - time.monotonic())):
+            return
+        for watched in self._watched:
+            watched.window_end = watched.cpu()
+
     def __enter__(self) -> ProcessCost:
         for watched in self._watched:
             watched.cpu_start = watched.cpu()
             watched.peak_rss = watched.rss()
         self._began = time.monotonic()
         self._sampler.start()
+        if self._window is not None:
+            self._window_thread = threading.Thread(
+                target=self._mark_window, name="process-cost-window", daemon=True
+            )
+            self._window_thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._window_thread is not None:  # the window ends inside the stretch
+            self._window_thread.join(timeout=max(0.0, self._window[1] - time.monotonic()) + 2)  # type: ignore[index]
         self._stop.set()
         self._sampler.join(timeout=2)
         self.wall_s = time.monotonic() - self._began
@@ -103,6 +128,11 @@ class ProcessCost:
                 else 0.0,
                 "peak_rss_mb": round(w.peak_rss / 2**20, 1),
                 "lifetime_peak_rss_mb": round(w.hwm / 2**20, 1),
+                **(
+                    {"window_cpu_s": round(w.window_end - w.window_start, 3)}
+                    if w.window_start is not None and w.window_end is not None
+                    else {}
+                ),
             }
             for w in self._watched
         }

@@ -48,6 +48,10 @@ def test_tiny_run_writes_results_report_and_plots(tmp_path: Path) -> None:
             "cpu_s" in c and "peak_rss_mb" in c for c in step["cost"].values()
         )
     assert {"router", "body", "header"} <= set(results["live"]["voxmesh"]["steps"][0]["cost"])
+    for sweep in results["live"].values():  # CPU per frame is the measured phase's
+        for step in sweep["steps"]:
+            measured = step["server_cpu_measured_s"]
+            assert measured is not None and 0 < measured <= step["server_cpu_s"], step["system"]
 
     # The headline: voxmesh beside each baseline, with ratios.
     figures = {row["figure"]: row for row in results["headline"]}
