@@ -5,13 +5,16 @@ connection to a router), Bob's page listens over WebRTC at the live edge, Carol 
 client on the gRPC updates stream: both hear the tone while Alice still talks, and both pages
 say "live via WebRTC". Then the fallback: a page without RTCPeerConnection talks over the
 gRPC-web MediaRecorder path and says so, and Bob's page plays that WebM message over the chunk
-path.
+path. Last, a browser on a network that drops UDP (its own network namespace, the gateway
+forwarded in over TCP) tries WebRTC, finds that ICE cannot connect, and talks the same press
+over gRPC-web, saying why.
 Mouth-to-ear over WebRTC (Alice's first frame -> first sound on Bob's page) is printed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -20,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests import grpc_web
+from tests import grpc_web, netns
 from tests.conftest import require_spanner_emulator
 from tests.ports import stack_overrides
 from tests.voxmesh_client import Device, collect_updates, uuid7
@@ -105,7 +108,11 @@ async def _group(page: Any, name: str, members: list[str]) -> None:
 
 
 async def test_talk_and_listen_over_webrtc_in_chromium_with_fallbacks(
-    rtc_stack: LocalStack, rtc_homes: RingMembership, rtc_browser: Any, browser: Any
+    rtc_stack: LocalStack,
+    rtc_homes: RingMembership,
+    rtc_browser: Any,
+    tone_file: Path,
+    tmp_path: Path,
 ) -> None:
     settings = rtc_stack.settings
     users = _users(rtc_homes)
@@ -221,11 +228,67 @@ async def test_talk_and_listen_over_webrtc_in_chromium_with_fallbacks(
     )
     await context.close()
 
+    # Fallback 2: a browser on a network that drops UDP. Chromium runs in a network
+    # namespace of its own that reaches the gateway over TCP only (a forwarded port): it has
+    # RTCPeerConnection, tries WebRTC, ICE cannot connect to the router, and the same press
+    # talks over gRPC-web, saying why.
+    why_not = netns.available()
+    if why_not:
+        pytest.fail(f"the UDP-blocked fallback needs a network namespace: {why_not}")
+    with netns.BlockedHost(f"vxblk{os.getpid() % 100000}") as host:
+        port = await host.forward_tcp(settings.host, settings.envoy.port)
+        chromium = host.wrapper(tmp_path, require_browser())
+        launched = await rtc_browser.browser_type.launch(
+            executable_path=str(chromium),
+            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={tone_file}"],
+        )
+        try:
+            context = await launched.new_context(ignore_https_errors=True)
+            blocked = await _sign_in_in(
+                context, settings, users["alice"], f"https://127.0.0.1:{port}"
+            )
+            await _talk_blocked(blocked, bob, settings, users["bob"], thread_id)
+        finally:
+            await launched.close()
 
-async def _sign_in_in(context: Any, settings: Any, user: str) -> Any:
+
+async def _talk_blocked(blocked: Any, bob: Any, settings: Any, reader: str, thread_id: str) -> None:
+    await _open_thread(blocked, thread_id)
+
+    async def blocked_talking(message_id: str) -> None:
+        badge = blocked.locator(".talk .transport")
+        await badge.wait_for()
+        said = await badge.get_attribute("data-transport")
+        assert said == "grpc-web", (
+            f"talking via {said}: {_events(await _diagnostics(blocked), 'transport')}"
+        )
+
+        async def bob_heard() -> bool:
+            return bool(_events(await _diagnostics(bob), "tone", message_id))
+
+        await _wait_for(bob_heard, 6, "Bob's page to play the fallen-back message", bob)
+
+    blocked_id, _ = await _talk(blocked, 2.0, blocked_talking)
+    tried = _events(await _diagnostics(blocked), "transport")
+    print(f"\nUDP blocked: the page's transport choices: {tried}")
+    assert any(e["transport"] == "grpc-web" and "ICE" in e["reason"] for e in tried), (
+        f"the page did not say it fell back because ICE failed: {tried}"
+    )
+    await blocked.locator(f"[data-message-id='{blocked_id}'][data-state=COMPLETE]").wait_for()
+    assert (await _stored_body(settings, reader, thread_id, blocked_id))[:4] == (
+        b"\x1a\x45\xdf\xa3"  # WebM: the gRPC-web MediaRecorder path
+    )
+    # A blocked path costs its timeout once: the next press goes straight to gRPC-web.
+    await _wait_for(lambda: _no_playback(bob), 10, "Bob's page to finish playing", bob)
+    again_id, _ = await _talk(blocked, 1.0, blocked_talking)
+    assert _transport(await _diagnostics(blocked), "talk", again_id) == ""  # not tried
+    await blocked.locator(f"[data-message-id='{again_id}'][data-state=COMPLETE]").wait_for()
+
+
+async def _sign_in_in(context: Any, settings: Any, user: str, url: str = "") -> Any:
     page = await context.new_page()
     page.set_default_timeout(15_000)
-    await page.goto(grpc_web.gateway_url(settings) + "/")
+    await page.goto((url or grpc_web.gateway_url(settings)) + "/")
     await page.get_by_label("User name").fill(user)
     await page.get_by_role("button", name="Sign in").click()
     await page.locator("[data-connection=live]").wait_for()

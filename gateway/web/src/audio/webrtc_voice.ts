@@ -60,7 +60,9 @@ export class WebRtcVoice {
     this.chooser = new TransportChooser(peerConnectionAvailable() && !disabled);
     if (this.chooser.choose() === "webrtc") {
       void gathersCandidates().then((ok) => {
-        if (!ok) this.chooser.failed(FallbackReason.ICE_TIMEOUT);
+        if (ok) return;
+        this.chooser.failed(FallbackReason.ICE_TIMEOUT);
+        this.transport("", "talk", "grpc-web", `${FallbackReason.ICE_TIMEOUT}: no ICE candidate gathered`);
       });
     }
   }
