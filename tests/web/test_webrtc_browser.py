@@ -143,6 +143,12 @@ async def test_talk_and_listen_over_webrtc_in_chromium_with_fallbacks(
                 await alice.locator(".talk .transport").inner_text()
             ).strip() == "live via WebRTC"
 
+            async def meter_moves() -> bool:  # the level meter follows the WebRTC microphone
+                style = await alice.locator(".talk .meter").get_attribute("style") or ""
+                return "width" in style and "width: 0%" not in style
+
+            await _wait_for(meter_moves, 3, "Alice's level meter to show her voice", alice)
+
             async def bob_heard() -> list[dict[str, Any]]:
                 tones = _events(await _diagnostics(bob), "tone", message_id)
                 return [t for t in tones if abs(t["hz"] - 440) < 25]

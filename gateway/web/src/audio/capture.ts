@@ -3,6 +3,8 @@
  * WebM/Opus file, sent while recording goes on. A second capture (WebRTC's 20 ms frames)
  * implements the same interface; the talk controller does not care which one runs.
  */
+import { rms } from "./analysis";
+
 export interface CapturedChunk {
   payload: Uint8Array;
   mediaTimeMs: number;
@@ -20,16 +22,37 @@ export interface VoiceCapture {
 
 export const WEBM_OPUS = "audio/webm;codecs=opus";
 
+/** The level of a microphone stream (0..1, RMS), for the meter beside the talk button:
+ * whichever transport carries the voice (MediaRecorder chunks or a WebRTC track). */
+export class MicrophoneMeter {
+  private readonly analyser: AnalyserNode;
+  private readonly source: MediaStreamAudioSourceNode;
+  private readonly samples = new Float32Array(1024);
+
+  constructor(ctx: AudioContext, stream: MediaStream) {
+    this.source = ctx.createMediaStreamSource(stream);
+    this.analyser = ctx.createAnalyser();
+    this.source.connect(this.analyser);
+  }
+
+  level(): number {
+    this.analyser.getFloatTimeDomainData(this.samples);
+    return rms(this.samples);
+  }
+
+  close(): void {
+    this.source.disconnect();
+  }
+}
+
 export class MediaRecorderCapture implements VoiceCapture {
   readonly contentType = WEBM_OPUS;
   private stream: MediaStream | null = null;
   private recorder: MediaRecorder | null = null;
-  private analyser: AnalyserNode | null = null;
+  private meter: MicrophoneMeter | null = null;
   private startedAt = 0;
   /** Every slice read so far, in order: stop() resolves only after the last one was handed over. */
   private reads: Promise<void> = Promise.resolve();
-  private readonly samples = new Float32Array(1024);
-
   constructor(
     private readonly timesliceMs = 100,
     private readonly ctx: () => AudioContext,
@@ -43,9 +66,8 @@ export class MediaRecorderCapture implements VoiceCapture {
     } catch (e) {
       throw new Error(`no microphone: ${e instanceof Error ? e.message : String(e)}. Allow microphone access for this site.`);
     }
-    const src = this.ctx().createMediaStreamSource(this.stream);
-    this.analyser = this.ctx().createAnalyser();
-    src.connect(this.analyser);
+    this.meter?.close();
+    this.meter = new MicrophoneMeter(this.ctx(), this.stream);
     return this.stream;
   }
 
@@ -87,10 +109,6 @@ export class MediaRecorderCapture implements VoiceCapture {
   }
 
   level(): number {
-    if (!this.analyser) return 0;
-    this.analyser.getFloatTimeDomainData(this.samples);
-    let sum = 0;
-    for (const s of this.samples) sum += s * s;
-    return Math.sqrt(sum / this.samples.length);
+    return this.meter?.level() ?? 0;
   }
 }

@@ -111,7 +111,7 @@ export class VoiceController {
   }
 
   micLevel(): number {
-    return this.talk ? this.capture.level() : 0;
+    return this.talk ? this.capture.level() : this.rtc.micLevel();
   }
 
   // -- talk --------------------------------------------------------------------------------

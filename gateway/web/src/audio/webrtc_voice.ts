@@ -7,6 +7,7 @@ import { MessageState, type MessageHeader } from "../gen/voxmesh/common/v1/messa
 import { errorText, type Router } from "../api/client";
 import { uuidv7 } from "../api/ids";
 import { diagnostics } from "../diagnostics";
+import { MicrophoneMeter } from "./capture";
 import { audioOutput } from "./output";
 import {
   FallbackReason,
@@ -34,6 +35,7 @@ interface Talking {
   messageId: string;
   session: WebRtcTalk;
   mic: MediaStream;
+  meter: MicrophoneMeter;
 }
 
 interface Hearing {
@@ -107,7 +109,7 @@ export class WebRtcVoice {
       diagnostics.record({ type: "recordStart", messageId, at: diagnostics.now() });
       diagnostics.record({ type: "firstChunk", messageId, at: diagnostics.now() });
       this.chooser.succeeded();
-      this.talk = { threadId, messageId, session, mic };
+      this.talk = { threadId, messageId, session, mic, meter: new MicrophoneMeter(audioOutput().ctx, mic) };
       this.host.upsertHeader(session.header);
       this.transport(messageId, "talk", "webrtc");
       this.host.changed();
@@ -132,8 +134,14 @@ export class WebRtcVoice {
     } catch (e) {
       this.host.onError(`Your voice message did not end cleanly: ${errorText(e)}`);
     } finally {
+      t.meter.close();
       for (const track of t.mic.getTracks()) track.stop();
     }
+  }
+
+  /** The microphone's level while talking over WebRTC (0 otherwise). */
+  micLevel(): number {
+    return this.talk?.meter.level() ?? 0;
   }
 
   /** A live message from someone else: hear it over WebRTC once its first chunk is stored. */
