@@ -79,7 +79,8 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self._mesh.health.on_change(self._ring_changed)  # a suspect router is not a home
         # Pushes, unread counts and presence: told by the relay and the hub, never awaited.
         self.notices = PushNotices(settings, self.hub, self._mesh)
-        self.webrtc = WebRtcSessions(settings, self.relay.send, self._read_chunks)
+        # A WebRTC talker is a Send like any other: the same metering (chunks, starts).
+        self.webrtc = WebRtcSessions(settings, self._metered_send, self._read_chunks)
         self.presence = PresenceTracker(
             settings.presence,
             self._mesh,
@@ -218,10 +219,14 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
     async def Send(
         self, request_iterator: AsyncIterator[pb.SendRequest], context: Context
     ) -> AsyncIterator[pb.SendResponse]:
-        user = current_caller().user_id
-        frames = self.limits.metered_send(user, request_iterator)
-        async for response in self.relay.send(user, frames):
+        async for response in self._metered_send(current_caller().user_id, request_iterator):
             yield response
+
+    def _metered_send(
+        self, user: str, frames: AsyncIterator[pb.SendRequest]
+    ) -> AsyncIterator[pb.SendResponse]:
+        """Every talk, over gRPC or WebRTC: its frames charged to the user, then relayed."""
+        return self.relay.send(user, self.limits.metered_send(user, frames))
 
     async def StartMessage(
         self, request: pb.StartMessageRequest, context: Context
