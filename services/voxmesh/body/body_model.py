@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol
+
+from voxmesh.core.chunk_frames import FrameChunk
 
 
 class BodyState(enum.Enum):
@@ -26,21 +27,9 @@ class BodyState(enum.Enum):
         return self in (BodyState.RECALLED, BodyState.DELETED)
 
 
-class ChunkLike(Protocol):
-    """A chunk as the domain sees it: the generated ``Chunk`` message fits, so chunks from a
-    request are kept and handed to readers as they came, without copying them."""
-
-    @property
-    def index(self) -> int: ...
-
-    @property
-    def offset(self) -> int: ...
-
-    @property
-    def media_time_ms(self) -> int: ...
-
-    @property
-    def payload(self) -> bytes: ...
+# A chunk as the domain sees it: the frame rule's own chunk type (the generated ``Chunk``
+# message fits, so chunks from a request are kept and handed to readers as they came).
+ChunkLike = FrameChunk
 
 
 @dataclass(frozen=True, slots=True)
