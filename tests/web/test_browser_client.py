@@ -482,3 +482,23 @@ async def test_a_native_clients_ogg_opus_message_plays_live_in_the_page(
     # Sound before a whole message's worth of time after its first chunk: played while live.
     first_chunk = _events(bob_events, "firstLiveChunk", ogg_id)[0]["at"]
     assert tones[0]["at"] - first_chunk < 2500, "the Ogg message was heard only after it ended"
+
+    # Played again at 2x, it keeps its pitch (660 Hz, not 1320): fast catch-up of an Ogg
+    # message (WebRTC talks are stored so) sounds like the same voice, faster.
+    await _wait_for(lambda: _no_playback(bob), 10, "Bob's page to finish playing", bob)
+    message = bob.locator(f"[data-message-id='{ogg_id}']")
+    await message.get_by_label("Playback speed").select_option("2")
+    began = len(_events(await _diagnostics(bob), "tone", ogg_id))
+    await message.get_by_role("button", name="Play voice message").click()
+
+    async def replayed() -> list[dict[str, Any]]:
+        return _events(await _diagnostics(bob), "playEnd", ogg_id)[1:]
+
+    await _wait_for(replayed, 10, "Bob's 2x replay to end", bob)
+    again = _events(await _diagnostics(bob), "tone", ogg_id)[began:]
+    heard = [round(t["hz"]) for t in again]
+    at_pitch = [hz for hz in heard if abs(hz - 660) < 25]
+    octave_up = [hz for hz in heard if abs(hz - 1320) < 50]
+    assert heard and len(at_pitch) >= 0.8 * len(heard) and not octave_up, (
+        f"at 2x the Ogg message was heard at {heard} Hz"
+    )

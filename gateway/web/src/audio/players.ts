@@ -11,6 +11,7 @@
 import type { BodyChunk } from "./chunks";
 import { OggOpusParser, opusPacketDurationUs } from "./ogg";
 import type { AudioOutput } from "./output";
+import { TimeStretch } from "./time_stretch";
 
 export interface VoicePlayer {
   append(chunk: BodyChunk): void;
@@ -129,6 +130,7 @@ class WebCodecsOpusPlayer implements VoicePlayer {
   private ended = false;
   private stopped = false;
   private skip = 0;
+  private stretch: TimeStretch | null = null;
 
   constructor(private readonly out: AudioOutput) {
     if (typeof AudioDecoder === "undefined") {
@@ -178,43 +180,37 @@ class WebCodecsOpusPlayer implements VoicePlayer {
       data.close();
       return;
     }
-    const ctx = this.out.ctx;
-    const frames = data.numberOfFrames;
-    const channels = data.numberOfChannels;
-    const buf = ctx.createBuffer(channels, frames, data.sampleRate);
+    let planes: Float32Array[];
     try {
-      if (data.format === "f32-planar") {
-        for (let ch = 0; ch < channels; ch++) {
-          const plane = new Float32Array(frames);
-          data.copyTo(plane, { planeIndex: ch });
-          buf.copyToChannel(plane, ch);
-        }
-      } else {
-        // Interleaved (Chromium's Opus decoder gives f32): one copy, then split channels.
-        const all = new Float32Array(frames * channels);
-        data.copyTo(all, { planeIndex: 0, format: "f32" });
-        for (let ch = 0; ch < channels; ch++) {
-          const plane = new Float32Array(frames);
-          for (let i = 0; i < frames; i++) plane[i] = all[i * channels + ch]!;
-          buf.copyToChannel(plane, ch);
-        }
-      }
+      planes = decodedPlanes(data);
     } catch (e) {
       this.onError(`cannot play decoded Opus audio: ${String(e)}`);
       return;
     } finally {
       data.close();
     }
+    if (this.skip > 0) {
+      const skipped = Math.min(this.skip, planes[0]!.length);
+      this.skip -= skipped;
+      planes = planes.map((p) => p.subarray(skipped));
+    }
+    if (this.rate !== 1 && !this.stretch) this.stretch = new TimeStretch(planes.length, this.rate);
+    // Faster playback keeps the pitch (as the WebM path's preservesPitch does).
+    this.play(this.stretch ? this.stretch.push(planes) : planes);
+  }
+
+  private play(planes: Float32Array[]): void {
+    const frames = planes[0]?.length ?? 0;
+    if (!frames) return;
+    const ctx = this.out.ctx;
+    const buf = ctx.createBuffer(planes.length, frames, 48_000);
+    planes.forEach((plane, ch) => buf.copyToChannel(plane as Float32Array<ArrayBuffer>, ch));
     const src = ctx.createBufferSource();
     src.buffer = buf;
-    src.playbackRate.value = this.rate;
     src.connect(this.out.input);
-    const skipS = this.skip / 48_000;
-    this.skip = Math.max(0, this.skip - frames);
     const at = Math.max(this.nextStart, ctx.currentTime + 0.02);
-    const offset = Math.min(skipS, buf.duration);
-    src.start(at, offset);
-    this.nextStart = at + (buf.duration - offset) / this.rate;
+    src.start(at);
+    this.nextStart = at + buf.duration;
     this.sources.add(src);
     src.onended = () => {
       this.sources.delete(src);
@@ -224,14 +220,12 @@ class WebCodecsOpusPlayer implements VoicePlayer {
 
   end(): void {
     this.ended = true;
-    if (this.decoder) {
-      this.decoder.flush().then(
-        () => this.maybeFinish(),
-        () => this.maybeFinish(),
-      );
-    } else {
+    const done = () => {
+      if (this.stretch && !this.stopped) this.play(this.stretch.flush());
       this.maybeFinish();
-    }
+    };
+    if (this.decoder) this.decoder.flush().then(done, done);
+    else done();
   }
 
   private maybeFinish(): void {
@@ -243,6 +237,7 @@ class WebCodecsOpusPlayer implements VoicePlayer {
 
   setRate(rate: number): void {
     this.rate = rate;
+    if (this.stretch) this.stretch.rate = rate;
   }
 
   ahead(): number {
@@ -256,4 +251,25 @@ class WebCodecsOpusPlayer implements VoicePlayer {
     if (this.decoder && this.decoder.state !== "closed") this.decoder.close();
     this.onEnded();
   }
+}
+
+/** A decoded frame's samples, one Float32Array per channel. */
+function decodedPlanes(data: AudioData): Float32Array[] {
+  const frames = data.numberOfFrames;
+  const channels = data.numberOfChannels;
+  if (data.format === "f32-planar") {
+    return Array.from({ length: channels }, (_, ch) => {
+      const plane = new Float32Array(frames);
+      data.copyTo(plane, { planeIndex: ch });
+      return plane;
+    });
+  }
+  // Interleaved (Chromium's Opus decoder gives f32): one copy, then split channels.
+  const all = new Float32Array(frames * channels);
+  data.copyTo(all, { planeIndex: 0, format: "f32" });
+  return Array.from({ length: channels }, (_, ch) => {
+    const plane = new Float32Array(frames);
+    for (let i = 0; i < frames; i++) plane[i] = all[i * channels + ch]!;
+    return plane;
+  });
 }
