@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--systems",
         type=lambda t: _choices(t, SYSTEMS, "systems"),
-        help="voxmesh,grpc-relay,redis-relay",
+        help=",".join(SYSTEMS),
     )
     parser.add_argument("--routers", type=_ints, help="router counts for the live sweep, e.g. 1,2")
     parser.add_argument("--sweep", type=_ints, help="speaker counts, e.g. 1,10,50,100")

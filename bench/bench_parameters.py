@@ -8,14 +8,51 @@ from typing import Any, Literal
 
 Mode = Literal["full", "quick", "tiny"]
 Backend = Literal["google", "embedded"]
-System = Literal["voxmesh", "grpc-relay", "redis-relay", "voxmesh-webrtc"]
+System = Literal["voxmesh", "grpc-relay", "redis-relay", "voxmesh-webrtc", "voxmesh-grpc-web"]
 
 # voxmesh-webrtc: the same sweep with WebRTC talkers (aiortc), judged by webrtc_p99_limit_ms.
-SYSTEMS: tuple[System, ...] = ("voxmesh", "grpc-relay", "redis-relay", "voxmesh-webrtc")
+# voxmesh-grpc-web: browsers' fallback uplink (MediaRecorder slices in unary AppendChunks
+# calls through Envoy), at the talker counts the WebRTC sweep ran, judged by the same limit.
+SYSTEMS: tuple[System, ...] = (
+    "voxmesh",
+    "grpc-relay",
+    "redis-relay",
+    "voxmesh-webrtc",
+    "voxmesh-grpc-web",
+)
 BACKENDS: tuple[Backend, ...] = ("google", "embedded")
 
 FRAME_MS = 20  # one Opus frame
 FRAME_BYTES = 160  # 20 ms of Opus at 64 kb/s
+SLICE_MS = 100  # the web app's MediaRecorder timeslice (gateway/web/src/audio/voice.ts)
+SLICE_BYTES = 400  # 100 ms of Opus at 32 kb/s, the web app's audioBitsPerSecond
+
+
+@dataclass(frozen=True)
+class Framing:
+    """What a talker of a system sends: a payload of ``size`` bytes every ``ms``.
+
+    ``recorder_slices``: each payload is a recording slice, handed over when its last sample
+    is captured; its stamp is then the capture time of its first sample (hand-over - ``ms``),
+    and the talker stamps the time the call carrying it was sent too.
+    """
+
+    ms: int = FRAME_MS
+    size: int = FRAME_BYTES
+    recorder_slices: bool = False
+
+    @property
+    def ns(self) -> int:
+        return self.ms * 1_000_000
+
+
+_FRAMINGS: dict[str, Framing] = {
+    "voxmesh-grpc-web": Framing(SLICE_MS, SLICE_BYTES, recorder_slices=True),
+}
+
+
+def framing(system: System) -> Framing:
+    return _FRAMINGS.get(system, Framing())
 
 
 @dataclass(frozen=True)

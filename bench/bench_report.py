@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.bench_parameters import FRAME_BYTES, FRAME_MS
+from bench.bench_parameters import FRAME_BYTES, FRAME_MS, SLICE_BYTES
 from bench.latency_stats import ratio
 
 SYSTEM_NAMES = {
@@ -518,50 +518,138 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
 
 
+GRPC_WEB_PATH = "gRPC-web (MediaRecorder 100 ms slices)"
+LIVE_AUDIO_PATHS = (
+    ("webrtc", "WebRTC (aiortc, 20 ms Opus frames)"),
+    ("grpc_web", GRPC_WEB_PATH),
+    ("send", "gRPC Send (20 ms frames)"),
+)
+
+
+def _plus(value: float | None, added: float) -> float | None:
+    return None if value is None else value + added
+
+
+def _live_audio_row(speakers: int, path: str, step: dict[str, Any], listeners: int) -> list[str]:
+    """One path at one N: mouth-to-ear, sent -> ear, acks, loss, CPU, verdict."""
+    frame_ms = float(step.get("frame_ms") or FRAME_MS)
+    latency = step["latency_ms"]
+    sent = step.get("sent_to_arrival_ms")
+    mouth: tuple[float | None, float | None]
+    if sent is not None:
+        # Recorder slices: stamped at the capture of the first sample; the call separately.
+        mouth = (latency.get("p50"), latency.get("p99"))
+        wire = (sent.get("p50"), sent.get("p99"))
+    else:
+        # Stamped as handed over, when the frame's last sample is captured: + the frame.
+        wire = (latency.get("p50"), latency.get("p99"))
+        mouth = (_plus(wire[0], frame_ms), _plus(wire[1], frame_ms))
+    ack = step.get("durable_ack_ms") or {}
+    cpu = step.get("server_cpu_ms_per_delivery")
+    # ms of server CPU per delivered frame x frames delivered per talker-second
+    per_talker = "-" if cpu is None else f"{cpu * listeners * 1000 / frame_ms:.0f}"
+    return [
+        str(speakers),
+        path,
+        _ms(mouth[0]),
+        _ms(mouth[1]),
+        _ms(wire[0]),
+        _ms(wire[1]),
+        _ms(ack.get("p50")),
+        _ms(ack.get("p99")),
+        f"{step['loss']:.2%}",
+        per_talker,
+        step["verdict"],
+    ]
+
+
 def _webrtc_section(results: dict[str, Any]) -> list[str]:
-    """WebRTC talkers beside gRPC Send talkers at the same N, on the same stack."""
-    webrtc = results.get("webrtc")
-    if not webrtc:
+    """The browser's two uplinks (WebRTC, gRPC-web) beside gRPC Send at the same N, on the
+    same stack: a row per path and talker count."""
+    webrtc, grpc_web = results.get("webrtc"), results.get("grpc_web")
+    if not webrtc and not grpc_web:
         return []
     params = results["meta"]["parameters"]
-    grpc_steps = _steps(results["live"].get("voxmesh"))
     listeners = params["listeners_per_thread"]
-
-    def per_talker(step: dict[str, Any] | None) -> str:
-        value = step.get("server_cpu_ms_per_delivery") if step else None
-        # ms of server CPU per delivered frame x frames delivered per talker-second
-        return "-" if value is None else f"{value * listeners * 1000 / FRAME_MS:.0f}"
-
+    limit = params.get("webrtc_p99_limit_ms", 150)
+    sweeps = {
+        "webrtc": _steps(webrtc),
+        "grpc_web": _steps(grpc_web),
+        "send": _steps(results["live"].get("voxmesh")),
+    }
     rows = []
-    for speakers, step in sorted(_steps(webrtc).items()):
-        other = grpc_steps.get(speakers)
-        latency, grpc_latency = step["latency_ms"], (other or {}).get("latency_ms", {})
-        rows.append(
-            f"| {speakers} | {_ms(latency.get('p50'))} | {_ms(latency.get('p99'))} | "
-            f"{step['loss']:.2%} | {per_talker(step)} | {_ms(grpc_latency.get('p50'))} | "
-            f"{_ms(grpc_latency.get('p99'))} | {per_talker(other)} | {step['verdict']} |"
-        )
-    bound = "≥ " if webrtc["capacity_is_lower_bound"] else ""
-    return [
+    for speakers in sorted(set(sweeps["webrtc"]) | set(sweeps["grpc_web"])):
+        for key, path in LIVE_AUDIO_PATHS:
+            step = sweeps[key].get(speakers)
+            if step is not None:
+                rows.append(_live_audio_row(speakers, path, step, listeners))
+    lines = [
         "### Live audio over WebRTC",
         "",
-        f"Talkers are aiortc peer connections (StartWebRtcTalk), one Opus RTP packet of "
-        f"{FRAME_BYTES} bytes every 20 ms, stamped as above; listeners are the same updates "
-        f"streams. Latency = talker's frame handed to aiortc -> listener's device (aiortc's "
-        f"sender, SRTP, the router's receiver, the relay). A step passes while p99 < "
-        f"{params.get('webrtc_p99_limit_ms', 150):g} ms (ITU-T G.114's one-way bound). Server "
-        f"CPU per talker = server CPU ms per delivered frame x {listeners} listeners x 50 "
-        f"frames/s (ms of CPU per second of talk).",
+        f"The browser's two uplinks beside gRPC `Send`, on the same stack, at the talker "
+        f"counts of the WebRTC sweep (Send: the gRPC sweep's step at the same N, where it "
+        f"ran one). Each talker has its own thread with {listeners} listening devices: gRPC "
+        f"updates streams on the router, as for Send. Stamps are CLOCK_MONOTONIC, shared by "
+        f"every process on the machine.",
         "",
-        f"WebRTC talkers one router carried with p99 < "
-        f"{params.get('webrtc_p99_limit_ms', 150):g} ms: **{bound}{webrtc['capacity']}**.",
+        f"- **WebRTC**: aiortc peer connections (StartWebRtcTalk), one Opus RTP packet of "
+        f"{FRAME_BYTES} bytes every 20 ms; sent = handed to aiortc (then its sender, SRTP, "
+        f"the router's receiver, the relay). Acks come on the data channel.",
+        f"- **{GRPC_WEB_PATH}**: what the web app does without WebRTC. Every talker is a "
+        f"browser tab with its own keep-alive connection to Envoy's gRPC-web listener (https, "
+        f"trusting the stack's CA; HTTP/1.1, where a browser would negotiate HTTP/2: the same "
+        f"requests, one in flight, for a third of the load generator's CPU per call): "
+        f"`StartMessage`, then every 100 ms a slice of "
+        f"{SLICE_BYTES} bytes (Opus at 32 kb/s, the app's MediaRecorder setting) in a unary "
+        f"`AppendChunks` call, one call in flight at a time (slices that pile up meanwhile "
+        f"go together in the next call, as the app's uplink does), `EndMessage` at the end. "
+        f"A slice's payload carries the capture time of its first sample (a slice is handed "
+        f"over when its last sample is captured, so 100 ms earlier) and the time the call "
+        f"carrying it was sent. Mouth-to-ear = arrival at a listener - first sample "
+        f"captured: the 100 ms of recording, any wait for the call in flight, then sent -> "
+        f"ear (the client's HTTP and TLS, Envoy, the router, the relay). `AppendChunks` "
+        f"returns once the slice is durable (the ack column), so an ack slower than 100 ms "
+        f"holds the next slice back. Not modelled: the Opus encoder's and MediaRecorder's "
+        f"own delay, the WebM header in the first slice, the listener's playout.",
+        f"- **gRPC Send**: the bidirectional stream, {FRAME_BYTES} bytes every 20 ms.",
         "",
-        "| talkers | WebRTC p50 | WebRTC p99 | loss | CPU ms/s per talker | Send p50 | Send p99 "
-        "| Send CPU ms/s per talker | verdict |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        *rows,
+        f"For the 20 ms paths mouth-to-ear is sent -> ear + 20 ms (a frame is handed over "
+        f"when its last sample is captured); gRPC-web's is measured from its stamp. A WebRTC "
+        f"step passes while its p99 sent -> ear < {limit:g} ms, a gRPC-web step while its "
+        f"p99 mouth-to-ear < {limit:g} ms (ITU-T G.114's one-way bound); Send's verdict is "
+        f"its sweep's (p99 < {params['p99_limit_ms']:g} ms). Server CPU per talker = server "
+        f"CPU ms per delivered frame x {listeners} listeners x frames per second (50, or 10 "
+        f"for 100 ms slices): ms of CPU per second of talk; for gRPC-web it includes Envoy.",
         "",
     ]
+    for key, name in (
+        ("webrtc", "WebRTC talkers one router carried with p99 sent -> ear"),
+        ("grpc_web", "gRPC-web talkers one router carried with p99 mouth-to-ear"),
+    ):
+        sweep = results.get(key)
+        if sweep:
+            bound = "≥ " if sweep["capacity_is_lower_bound"] else ""
+            lines.append(f"{name} < {limit:g} ms: **{bound}{sweep['capacity']}**.")
+    lines += [
+        "",
+        "| talkers | path | mouth-to-ear p50 | mouth-to-ear p99 | sent -> ear p50 "
+        "| sent -> ear p99 | durable ack p50 | durable ack p99 | lost "
+        "| server CPU ms/s per talker | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+    errors = [
+        e
+        for key in ("webrtc", "grpc_web")
+        for step in sweeps[key].values()
+        for e in step.get("errors", [])
+    ]
+    if errors:
+        lines += [
+            "",
+            "Errors (first few): " + "; ".join(f"`{e.splitlines()[0]}`" for e in errors[:4]),
+        ]
+    return [*lines, ""]
 
 
 def render_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:

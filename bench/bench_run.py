@@ -29,8 +29,8 @@ from bench.bench_stack import (
     spanner_emulator_available,
     voxmesh_stack,
 )
-from bench.live_sweep import run_step, sweep
-from bench.process_cost import ProcessCost
+from bench.live_sweep import QUIET_WAIT_MAX_S, run_step, sweep
+from bench.process_cost import ProcessCost, wait_until_quiet
 from bench.relay_load import LoadTarget
 from bench.store_scenarios import catch_up, replay, store_floor, timeline
 
@@ -144,6 +144,8 @@ class Run:
                             self._store_scenarios(stack, backend, not acks_from_sweep)
                         if sweeping and primary and "voxmesh-webrtc" in params.systems:
                             self._webrtc_sweep(stack)
+                        if sweeping and primary and "voxmesh-grpc-web" in params.systems:
+                            self._grpc_web_sweep(stack)
                         if sweeping:
                             self._voxmesh_sweep(stack, backend, routers, primary)
                         if primary and acks_from_sweep:
@@ -178,7 +180,10 @@ class Run:
         """WebRTC talkers on the same stack, before the gRPC sweep overloads it."""
         with self.scenario("live sweep: voxmesh, WebRTC talkers"):
             target = LoadTarget(
-                "voxmesh-webrtc", tuple(stack.router_addresses()), stack.settings.auth
+                "voxmesh-webrtc",
+                tuple(stack.router_addresses()),
+                stack.settings.auth,
+                stack.ca_pem,  # StartWebRtcTalk and the updates streams: the client ports' TLS
             )
             params = dataclasses.replace(self.params, p99_limit_ms=self.params.webrtc_p99_limit_ms)
             self.results["webrtc"] = sweep(
@@ -189,6 +194,36 @@ class Run:
                 f"{self.run_id}w",
                 self.log,
             )
+
+    def _grpc_web_sweep(self, stack: VoxmeshStack) -> None:
+        """Browsers' gRPC-web uplink (MediaRecorder slices through Envoy) at the talker counts
+        the WebRTC sweep ran (else the sweep's own, until one fails), on the same stack."""
+        with self.scenario("live sweep: voxmesh, gRPC-web talkers"):
+            target = LoadTarget(
+                "voxmesh-grpc-web",
+                tuple(stack.router_addresses()),
+                stack.settings.auth,
+                stack.ca_pem,
+                gateway_url=stack.gateway_url,
+            )
+            webrtc_steps = (self.results.get("webrtc") or {}).get("steps") or []
+            counts = sorted({int(s["speakers"]) for s in webrtc_steps}) or None
+            params = dataclasses.replace(self.params, p99_limit_ms=self.params.webrtc_p99_limit_ms)
+            pids = stack.service_pids()
+            # The sweep before may have ended overloaded: start, and leave, a quiet stack.
+            wait_until_quiet(pids, QUIET_WAIT_MAX_S)
+            try:
+                self.results["grpc_web"] = sweep(
+                    "voxmesh-grpc-web",
+                    target,
+                    params,
+                    pids,
+                    f"{self.run_id}g",
+                    self.log,
+                    counts=counts,
+                )
+            finally:
+                wait_until_quiet(pids, QUIET_WAIT_MAX_S)
 
     def _acks_from_sweep(self, stack: VoxmeshStack, backend: Backend) -> None:
         sweep_result = self.results["live"].get("voxmesh") or {"steps": []}

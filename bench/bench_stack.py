@@ -73,7 +73,14 @@ def stack_overrides(run_dir: Path, backend: Backend, routers: int = 1) -> dict[s
         "redis": {"port": free_port()},
         "spanner": {"emulator_port": free_port()},
         "gcs": {"port": free_port()},
-        "envoy": {"port": free_port(), "admin_port": free_port()},
+        "envoy": {
+            "port": free_port(),
+            "admin_port": free_port(),
+            # Every gRPC-web talker stands for a browser with its own address; here they all
+            # come from 127.0.0.1, one per-IP bucket: a bucket that lets them all through.
+            "requests_per_ip_per_s": 1_000_000,
+            "requests_per_ip_burst": 1_000_000,
+        },
         **{
             kind: {
                 "port": free_port_block(count),
@@ -126,6 +133,12 @@ class VoxmeshStack:
         if self.settings.tls.client_plaintext:
             return None
         return client_ca_file(self.settings).read_bytes()
+
+    @property
+    def gateway_url(self) -> str:
+        """Envoy's gRPC-web listener: https (trusting ``ca_pem``) unless plaintext."""
+        scheme = "http" if self.settings.tls.client_plaintext else "https"
+        return f"{scheme}://{self.settings.host}:{self.settings.envoy.port}"
 
     def router_addresses(self) -> list[str]:
         """Every router of the stack (devices Discover their home router among them)."""

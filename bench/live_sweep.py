@@ -9,12 +9,12 @@ import contextlib
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from bench.bench_parameters import FRAME_MS, BenchParameters, System
+from bench.bench_parameters import FRAME_MS, BenchParameters, System, framing
 from bench.latency_stats import summarize
 from bench.process_cost import ProcessCost, wait_until_quiet
 from bench.relay_load import LoadTarget, StepResult, StepSpec, worker_main
@@ -207,7 +207,9 @@ def _summarize(
     cost: dict[str, dict[str, float]],
     params: BenchParameters,
 ) -> dict[str, Any]:
+    shape = framing(system)
     latencies = [x for r in results for x in r.latencies_ms]
+    sent_latencies = [x for r in results for x in r.sent_latencies_ms]
     acks = [x for r in results for x in r.ack_latencies_ms]
     lag = [x for r in results for x in r.generator_lag_ms]
     blocked = [x for r in results for x in r.write_block_ms]
@@ -234,7 +236,8 @@ def _summarize(
     )
     p99 = latency["p99"]
     # A step passes when the load was offered on time (frames left within a frame time of
-    # their due time) and p99 stayed under the limit with (almost) nothing lost.
+    # their due time) and p99 stayed under the limit with (almost) nothing lost. For
+    # recorder slices p99 is mouth-to-ear (from the capture of a slice's first sample).
     verdict = "ok"
     if threads_ready < speakers or not results:
         verdict = "setup failed"
@@ -242,7 +245,7 @@ def _summarize(
         verdict = "p99 over limit"
     elif loss > params.loss_limit:
         verdict = "loss over limit"
-    elif (lag_summary["p99"] or 0.0) > FRAME_MS:
+    elif (lag_summary["p99"] or 0.0) > shape.ms:
         verdict = "frames sent late"
     # Late frames with a late event loop in the load generator: the generator, not the
     # system under test, may be what ran out of CPU.
@@ -251,9 +254,15 @@ def _summarize(
         "system": system,
         "speakers": speakers,
         "listeners_per_thread": listeners,
-        "frames_per_second_in": speakers * 1000 // FRAME_MS,
-        "frames_per_second_out": speakers * listeners * 1000 // FRAME_MS,
+        "frame_ms": shape.ms,
+        "frame_bytes": shape.size,
+        "frames_per_second_in": speakers * 1000 // shape.ms,
+        "frames_per_second_out": speakers * listeners * 1000 // shape.ms,
+        # From the frame's stamp: its hand-over, or for recorder slices the capture of the
+        # slice's first sample (mouth-to-ear); then sent_to_arrival_ms is from the call.
+        "latency_from": "first sample captured" if shape.recorder_slices else "handed over",
         "latency_ms": latency,
+        "sent_to_arrival_ms": summarize(sent_latencies) if shape.recorder_slices else None,
         "durable_ack_ms": summarize(acks) if acks else None,
         "generator_lag_ms": lag_summary,
         "write_block_ms": blocked_summary,
@@ -299,8 +308,10 @@ def sweep(
     run_id: str,
     log: Log,
     store_writes: StoreWrites | None = None,
+    counts: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Steps through ``params.sweep`` until one fails, then bisects ``refine_steps`` times."""
+    """Steps through ``params.sweep`` until one fails, then bisects ``refine_steps`` times;
+    or, given ``counts``, runs exactly those steps (every one: another sweep's loads)."""
     steps: list[dict[str, Any]] = []
     last_pass = 0
     first_fail: int | None = None
@@ -325,9 +336,16 @@ def sweep(
         )
         summary["settled_before_s"] = round(settled, 2)
         latency = summary["latency_ms"]
+        sent_latency = summary.get("sent_to_arrival_ms")
         log(
             f"  {system:<12} N={speakers:<4} p50={_ms(latency['p50'])} p99={_ms(latency['p99'])} "
-            f"max={_ms(latency['max'])} loss={summary['loss']:.2%} "
+            f"max={_ms(latency['max'])} "
+            + (
+                f"sent->ear p50={_ms(sent_latency['p50'])} p99={_ms(sent_latency['p99'])} "
+                if sent_latency
+                else ""
+            )
+            + f"loss={summary['loss']:.2%} "
             f"gen-lag-p99={_ms(summary['generator_lag_ms']['p99'])} "
             f"loop-lag-p99={_ms(summary['loadgen_loop_lag_ms']['p99'])} "
             + (
@@ -342,20 +360,28 @@ def sweep(
         return summary
 
     with LoadPool(params.loadgen_processes) as pool:
-        for speakers in params.sweep:
-            if step(speakers)["passed"]:
-                last_pass = speakers
-            else:
-                first_fail = speakers
-                break
-        for _ in range(params.refine_steps):
-            if first_fail is None or first_fail - last_pass <= max(2, last_pass // 4):
-                break
-            middle = (last_pass + first_fail) // 2
-            if step(middle)["passed"]:
-                last_pass = middle
-            else:
-                first_fail = middle
+        if counts is not None:  # every one; capacity: the last pass before the first fail
+            for speakers in sorted(counts):
+                passed = step(speakers)["passed"]
+                if first_fail is None and passed:
+                    last_pass = speakers
+                elif first_fail is None:
+                    first_fail = speakers
+        else:
+            for speakers in params.sweep:
+                if step(speakers)["passed"]:
+                    last_pass = speakers
+                else:
+                    first_fail = speakers
+                    break
+            for _ in range(params.refine_steps):
+                if first_fail is None or first_fail - last_pass <= max(2, last_pass // 4):
+                    break
+                middle = (last_pass + first_fail) // 2
+                if step(middle)["passed"]:
+                    last_pass = middle
+                else:
+                    first_fail = middle
     steps.sort(key=lambda s: int(s["speakers"]))
     return {
         "system": system,

@@ -35,6 +35,8 @@ def _channel(address: str, ca_pem: bytes | None) -> grpc.aio.Channel:
 
 
 _STAMP = struct.Struct("<qI")  # send time (CLOCK_MONOTONIC ns, shared by every process), index
+# Recorder slices only: when the call carrying the slice was sent, right after _STAMP.
+_SENT = struct.Struct("<q")
 
 
 def uuid7() -> str:
@@ -42,9 +44,10 @@ def uuid7() -> str:
     return new_uuid7()
 
 
-def stamped_payload(index: int, size: int = FRAME_BYTES) -> bytes:
-    """A frame's payload: its send time and index, padded to ``size`` opaque bytes."""
-    head = _STAMP.pack(time.monotonic_ns(), index)
+def stamped_payload(index: int, size: int = FRAME_BYTES, stamp_ns: int | None = None) -> bytes:
+    """A frame's payload: its stamp (now unless given) and index, padded to ``size`` bytes."""
+    stamp = time.monotonic_ns() if stamp_ns is None else stamp_ns
+    head = _STAMP.pack(stamp, index)
     return head + bytes((index + i) & 0xFF for i in range(size - len(head)))
 
 
@@ -54,11 +57,24 @@ def read_stamp(payload: bytes) -> tuple[int, int]:
     return int(stamp), int(index)
 
 
-def chunk(index: int, payload: bytes) -> body_pb2.Chunk:
+def stamp_sent(payload: bytearray, sent_ns: int) -> None:
+    """Writes the time a recorder slice's call was sent into its payload (after the stamp)."""
+    _SENT.pack_into(payload, _STAMP.size, sent_ns)
+
+
+def read_sent(payload: bytes) -> int:
+    """The time the call carrying a recorder slice was sent (see ``stamp_sent``)."""
+    return int(_SENT.unpack_from(payload, _STAMP.size)[0])
+
+
+def chunk(
+    index: int, payload: bytes, frame_ms: int = FRAME_MS, frame_bytes: int = FRAME_BYTES
+) -> body_pb2.Chunk:
+    """Chunk ``index`` of a body of ``frame_bytes`` payloads, one every ``frame_ms``."""
     return body_pb2.Chunk(
         index=index,
-        offset=index * FRAME_BYTES,
-        media_time_ms=index * FRAME_MS,
+        offset=index * frame_bytes,
+        media_time_ms=index * frame_ms,
         payload=payload,
     )
 

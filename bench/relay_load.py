@@ -9,7 +9,10 @@ frame count, and by deadlines the orchestrator cannot miss (it kills a late proc
 
 Systems: ``voxmesh`` (Send and Updates on the router), ``grpc-relay`` (the bare grpc.aio
 relay of bench.grpc_relay_baseline) and ``redis-relay`` (PUBLISH per frame, one SUBSCRIBE
-connection per listener).
+connection per listener); ``voxmesh-webrtc`` and ``voxmesh-grpc-web`` are voxmesh with the
+browser's talkers (bench.webrtc_load, bench.grpc_web_load). A system's framing
+(bench_parameters.framing) sets the frame interval and size: 100 ms recorder slices for
+gRPC-web, whose stamp is the capture of the slice's first sample.
 """
 
 from __future__ import annotations
@@ -28,13 +31,16 @@ import grpc
 import redis.asyncio as aioredis
 import uvloop
 
-from bench.bench_parameters import FRAME_BYTES, FRAME_MS, System
+from bench.bench_parameters import FRAME_BYTES, Framing, System, framing
 from bench.grpc_relay_baseline import PUBLISH, SUBSCRIBE
+from bench.grpc_web_load import GrpcWebChannel, gateway_tls
+from bench.grpc_web_load import start_speaker as start_grpc_web_speaker
 from bench.mesh_client import (
     CHANNEL_OPTIONS,
     RouterChannels,
     TokenCache,
     chunk,
+    read_sent,
     read_stamp,
     stamped_payload,
     uuid7,
@@ -44,7 +50,6 @@ from voxmesh.common.v1 import message_pb2, thread_pb2
 from voxmesh.core.settings import AuthSettings
 from voxmesh.router.v1 import router_service_pb2 as pb
 
-FRAME_NS = FRAME_MS * 1_000_000
 OnPayload = Callable[[bytes], bool]  # returns True once the listener has its last frame
 OnAck = Callable[[int], None]
 
@@ -55,6 +60,7 @@ class LoadTarget:
     addresses: tuple[str, ...]  # routers (voxmesh), the relay, or the Redis server
     auth: AuthSettings | None = None
     ca_pem: bytes | None = None  # the routers' client ports speak TLS with this CA (voxmesh)
+    gateway_url: str | None = None  # Envoy's gRPC-web listener (voxmesh-grpc-web talkers)
 
 
 @dataclass(frozen=True)
@@ -73,12 +79,16 @@ class StepSpec:
     go_timeout_s: float
 
     @property
+    def framing(self) -> Framing:
+        return framing(self.target.system)
+
+    @property
     def warm_frames(self) -> int:
-        return round(self.warmup_s * 1000 / FRAME_MS)
+        return round(self.warmup_s * 1000 / self.framing.ms)
 
     @property
     def measured_frames(self) -> int:
-        return round(self.measure_s * 1000 / FRAME_MS)
+        return round(self.measure_s * 1000 / self.framing.ms)
 
     @property
     def total_frames(self) -> int:
@@ -90,7 +100,8 @@ class StepSpec:
 
 @dataclass
 class StepResult:
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)  # stamp -> listener
+    sent_latencies_ms: list[float] = field(default_factory=list)  # slices: call sent -> listener
     ack_latencies_ms: list[float] = field(default_factory=list)
     generator_lag_ms: list[float] = field(default_factory=list)  # frame sent after its due time
     write_block_ms: list[float] = field(default_factory=list)  # awaiting the stream (backpressure)
@@ -364,7 +375,33 @@ class WebRtcVoxmeshClient(VoxmeshClient):
         return await start_speaker(stub, metadata, self._threads[thread], uuid7(), on_ack)
 
 
+class GrpcWebVoxmeshClient(VoxmeshClient):
+    """Speakers are browsers on the gRPC-web uplink through Envoy (bench.grpc_web_load), one
+    connection each; listeners are the same updates streams (gRPC, on the home router)."""
+
+    def __init__(self, label: str, target: LoadTarget, channels: int, listeners: int) -> None:
+        super().__init__(label, target, channels, listeners)
+        assert target.gateway_url is not None
+        self._gateway_url = target.gateway_url
+        self._tls = gateway_tls(target.ca_pem)
+        self._tabs: list[GrpcWebChannel] = []
+
+    async def speaker(self, thread: int, on_ack: OnAck) -> Speaker:
+        user = self._user(thread, "s")
+        tab = GrpcWebChannel(self._gateway_url, self._tokens.metadata(user), self._tls)
+        self._tabs.append(tab)
+        return await start_grpc_web_speaker(tab, self._threads[thread], uuid7(), on_ack)
+
+    async def close(self) -> None:
+        for tab in self._tabs:
+            with contextlib.suppress(Exception):
+                await tab.close()
+        await super().close()
+
+
 def make_client(spec: StepSpec) -> RelayClient:
+    if spec.target.system == "voxmesh-grpc-web":
+        return GrpcWebVoxmeshClient(spec.label, spec.target, spec.channels, spec.listeners)
     if spec.target.system == "voxmesh-webrtc":
         return WebRtcVoxmeshClient(spec.label, spec.target, spec.channels, spec.listeners)
     if spec.target.system == "voxmesh":
@@ -401,12 +438,15 @@ class StepRun:
         spec, result = self.spec, self.result
         last = spec.total_frames - 1
         latencies = result.latencies_ms
+        sent_latencies = result.sent_latencies_ms if spec.framing.recorder_slices else None
         try:
             async for payload in self.client.listen(thread, listener, ready):
                 now = time.monotonic_ns()
                 stamp, index = read_stamp(payload)
                 if spec.warm_frames <= index < spec.total_frames:
                     latencies.append((now - stamp) / 1e6)
+                    if sent_latencies is not None:
+                        sent_latencies.append((now - read_sent(payload)) / 1e6)
                     result.received += 1
                 if index >= last:
                     return
@@ -459,26 +499,29 @@ class StepRun:
         self.result.setup_s = time.monotonic() - began
 
     async def _speak(self, thread: int, speaker: Speaker) -> None:
-        spec = self.spec
-        phase = (thread % spec.total_threads) * FRAME_NS // max(1, spec.total_threads)
+        spec, shape = self.spec, self.spec.framing
+        phase = (thread % spec.total_threads) * shape.ns // max(1, spec.total_threads)
         begin = self.t0_ns + phase
+        # A recorder slice is handed over when its last sample is captured: its stamp is
+        # the capture of its first one. Other frames are stamped as they are handed over.
+        captured_before_ns = shape.ns if shape.recorder_slices else 0
         sent = self._sent_ns[thread]
         lag = self.result.generator_lag_ms
         blocked = self.result.write_block_ms
         index = 0
         try:
             for index in range(spec.total_frames):
-                due = begin + index * FRAME_NS
+                due = begin + index * shape.ns
                 wait = due - time.monotonic_ns()
                 if wait > 0:
                     await asyncio.sleep(wait / 1e9)
-                payload = stamped_payload(index)
-                stamp, _ = read_stamp(payload)
-                sent[index] = stamp
+                handed = time.monotonic_ns()
+                payload = stamped_payload(index, shape.size, handed - captured_before_ns)
+                sent[index] = handed
                 await speaker.write(index, payload)
                 if spec.measured(index):
-                    lag.append((stamp - due) / 1e6)
-                    blocked.append((time.monotonic_ns() - stamp) / 1e6)
+                    lag.append((handed - due) / 1e6)
+                    blocked.append((time.monotonic_ns() - handed) / 1e6)
             await speaker.end(spec.total_frames)
         except asyncio.CancelledError:
             speaker.abort()
@@ -489,7 +532,7 @@ class StepRun:
 
     async def _watch_loop(self, end_ns: int) -> None:
         """How late this process's event loop wakes up: is the load generator saturated?"""
-        start_ns = self.t0_ns + self.spec.warm_frames * FRAME_NS
+        start_ns = self.t0_ns + self.spec.warm_frames * self.spec.framing.ns
         tick_ns = 10_000_000
         while (now := time.monotonic_ns()) < end_ns:
             await asyncio.sleep(tick_ns / 1e9)
@@ -500,7 +543,7 @@ class StepRun:
     async def run(self) -> None:
         spec = self.spec
         speaking = [asyncio.create_task(self._speak(t, s)) for t, s in self._speakers.items()]
-        end_ns = self.t0_ns + spec.total_frames * FRAME_NS
+        end_ns = self.t0_ns + spec.total_frames * spec.framing.ns
         watcher = asyncio.create_task(self._watch_loop(end_ns))
         # Bounded: every frame sent by end_ns (give late writers the drain time too), then the
         # listeners get the drain time for the last frames.

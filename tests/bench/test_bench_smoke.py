@@ -5,6 +5,7 @@ are not pass/fail (`make bench` measures them)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,24 @@ def test_tiny_run_writes_results_report_and_plots(tmp_path: Path) -> None:
             measured = step["server_cpu_measured_s"]
             assert measured is not None and 0 < measured <= step["server_cpu_s"], step["system"]
 
+    # Live audio from browsers: WebRTC talkers, and gRPC-web talkers (MediaRecorder slices
+    # through Envoy) at the same talker counts, mouth-to-ear and call-sent-to-ear.
+    webrtc_counts = [step["speakers"] for step in results["webrtc"]["steps"]]
+    assert webrtc_counts, results["webrtc"]
+    for step in results["webrtc"]["steps"]:
+        assert step["latency_ms"]["count"] > 0, ("webrtc", step["errors"])
+    grpc_web_steps = results["grpc_web"]["steps"]
+    assert [step["speakers"] for step in grpc_web_steps] == webrtc_counts
+    for step in grpc_web_steps:
+        mouth, sent = step["latency_ms"], step["sent_to_arrival_ms"]
+        assert mouth["count"] > 0 and sent["count"] == mouth["count"], step["errors"]
+        assert step["frame_ms"] == 100 and step["latency_from"] == "first sample captured"
+        # Mouth-to-ear holds the slice's 100 ms of recording (and any wait for the call in
+        # flight) on top of sent -> ear, slice by slice.
+        assert sent["p50"] > 0 and mouth["p50"] >= sent["p50"] + 99.999
+        assert mouth["p99"] >= sent["p99"] + 99.999
+        assert step["durable_ack_ms"]["count"] > 0
+
     # The headline: voxmesh beside each baseline, with ratios.
     figures = {row["figure"]: row for row in results["headline"]}
     assert any(f.startswith("capacity") for f in figures)
@@ -82,6 +101,7 @@ def test_tiny_run_writes_results_report_and_plots(tmp_path: Path) -> None:
     for heading in (
         "## Headline",
         "## Live relay latency",
+        "### Live audio over WebRTC",
         "## Durable acks",
         "## Catch-up",
         "## Timeline",
@@ -90,6 +110,11 @@ def test_tiny_run_writes_results_report_and_plots(tmp_path: Path) -> None:
     ):
         assert heading in report, heading
     assert "2 logical cores" in report or "logical cores" in report
+    figure = r"[0-9]+\.[0-9] ms"
+    for speakers in webrtc_counts:
+        for path in (r"WebRTC \([^|]*\)", r"gRPC-web \(MediaRecorder 100 ms slices\)"):
+            row = rf"\| {speakers} \| {path} \| {figure} \| {figure} \| {figure} \| {figure} \|"
+            assert re.search(row, report), (speakers, path)
     assert results["plots"], "no plots"
     for name in results["plots"].values():
         assert (tmp_path / name).stat().st_size > 1000
