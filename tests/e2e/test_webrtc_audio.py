@@ -152,3 +152,38 @@ async def test_a_bad_offer_is_refused_and_writes_nothing(devices: MakeDevice) ->
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     listed = await bob.call("ListMessages", pb.ListMessagesRequest(thread_id=thread))
     assert list(listed.headers) == []
+
+
+async def test_a_webrtc_talker_that_hangs_up_without_end_is_abandoned_at_once(
+    devices: MakeDevice,
+) -> None:
+    """A WebRTC talk cannot resume (live audio is not resent): a talker gone without `end`
+    leaves no ghost LIVE message for `abandon_after_s` (60 s here); the message is ABANDONED
+    as soon as what it sent is stored, keeping every acknowledged chunk."""
+    alice, bob = [await devices(n) for n in ("alice", "bob")]
+    thread = await _group(alice, bob)
+    updates = bob.updates()
+    await collect_updates(updates, lambda e: e.HasField("caught_up"))
+    packets = opus_packets(1.0)
+    message_id = uuid7()
+    talk = await start_talk(alice, thread, message_id, packets)
+    await talk.wait_for(lambda t: t.durable == len(packets))
+    hung_up = asyncio.get_running_loop().time()
+    await talk.close()  # the peer connection closes; no `end` was sent
+
+    def abandoned(event: update_pb2.UpdateEvent) -> bool:
+        changed = event.message_state_changed
+        return (
+            event.HasField("message_state_changed")
+            and changed.header.message_id == message_id
+            and changed.header.state == message_pb2.MESSAGE_STATE_ABANDONED
+        )
+
+    events = await asyncio.wait_for(collect_updates(updates, abandoned), 15)
+    took = asyncio.get_running_loop().time() - hung_up
+    header = next(e for e in events if abandoned(e)).message_state_changed.header
+    assert header.chunk_count == len(packets), "the abandoned header does not state what was kept"
+    chunks, _ = await bob.read_body(thread, message_id)
+    assert [c.index for c in chunks] == list(range(len(packets)))
+    print(f"\nWebRTC talker hung up without end: ABANDONED {took:.2f} s later")
+    assert took < 10

@@ -40,7 +40,7 @@ from voxmesh.core.settings import Settings
 from voxmesh.core.structured_logging import get_logger
 from voxmesh.core.telemetry import current_traceparent
 from voxmesh.header.v1 import header_service_pb2 as header_pb
-from voxmesh.router.body_links import BodyLinks
+from voxmesh.router.body_links import BodyLinks, MessageWriter
 from voxmesh.router.device_hub import DeviceHub
 from voxmesh.router.message_observers import MessageObservers
 from voxmesh.router.peer_links import PeerLinks
@@ -329,8 +329,11 @@ class MessageRelay:
     # -- Send (bidirectional) --------------------------------------------------------------
 
     async def send(
-        self, user_id: str, frames: AsyncIterator[pb.SendRequest]
+        self, user_id: str, frames: AsyncIterator[pb.SendRequest], resumable: bool = True
     ) -> AsyncIterator[pb.SendResponse]:
+        """A talk. ``resumable=False`` (a WebRTC talk: live audio is never resent) abandons
+        the message as soon as it stops without ``end``, once what was sent is durable,
+        instead of waiting ``abandon_after_s`` for a resume that cannot come."""
         try:
             first = await anext(frames)
         except StopAsyncIteration:
@@ -367,7 +370,7 @@ class MessageRelay:
             if refused is not None:
                 async for frame in self._stop(refused, inbox):
                     yield frame
-            async for frame in self._stream(live, first, inbox):
+            async for frame in self._stream(live, first, inbox, resumable):
                 yield frame
         finally:
             inbox.close()
@@ -385,7 +388,7 @@ class MessageRelay:
         raise error
 
     async def _stream(
-        self, live: LiveMessage, first: pb.SendRequest, inbox: _SendInbox
+        self, live: LiveMessage, first: pb.SendRequest, inbox: _SendInbox, resumable: bool
     ) -> AsyncIterator[pb.SendResponse]:
         """The chunks of a started message to its body node, acks and completion back."""
         # What goes back to the sender, in order: acks, completion, an error, None (done),
@@ -463,11 +466,17 @@ class MessageRelay:
             pump.cancel()
             if pump.done() and not pump.cancelled():
                 pump.exception()  # retrieved: it was passed on through `out`
-            writer.close()
-            if not completed:
+            if completed:
+                writer.close()
+            elif resumable:
                 # The sender vanished or failed mid-message: it may resume; if it does not,
                 # the message is abandoned with what arrived.
+                writer.close()
                 self.watch_for_abandonment(live)
+            elif live.message_id not in self._abandon_watch:
+                self._abandon_watch[live.message_id] = asyncio.create_task(
+                    self._abandon_when_stored(live, writer)
+                )
 
     # -- abandonment -----------------------------------------------------------------------
 
@@ -476,14 +485,28 @@ class MessageRelay:
             return
         self._abandon_watch[live.message_id] = asyncio.create_task(self._abandon_later(live))
 
-    async def _abandon_later(self, live: LiveMessage) -> None:
+    async def _abandon_when_stored(self, live: LiveMessage, writer: MessageWriter) -> None:
+        """A talk that cannot resume stopped without ``end``: the chunks it sent are stored
+        (resent on failover, for at most ``failover_wait_s``), then it is abandoned now."""
+        try:
+            async with asyncio.timeout(self._settings.body_store.failover_wait_s):
+                await writer.finish(live.edge.next_index)
+        except Exception as exc:  # stored or not, abandon with what the body store has
+            _log.info(
+                "abandoning with what was stored", message_id=live.message_id, error=repr(exc)
+            )
+        finally:
+            writer.close()
+        await self._abandon_later(live, idle_first=False)
+
+    async def _abandon_later(self, live: LiveMessage, idle_first: bool = True) -> None:
         """After the abandon timeout with no resume, keep what arrived and mark it abandoned.
 
         The header's state decides: a message completed, recalled or deleted meanwhile (or
         resumed, which cancels this watch) is left alone.
         """
         try:
-            while True:  # until the message was idle for abandon_after_s (dynamic)
+            while idle_first:  # until the message was idle for abandon_after_s (dynamic)
                 idle = time.monotonic() - live.last_activity
                 wait = self._settings.body_store.abandon_after_s - idle
                 if wait <= 0:

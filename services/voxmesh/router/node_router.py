@@ -79,8 +79,13 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
         self._mesh.health.on_change(self._ring_changed)  # a suspect router is not a home
         # Pushes, unread counts and presence: told by the relay and the hub, never awaited.
         self.notices = PushNotices(settings, self.hub, self._mesh)
-        # A WebRTC talker is a Send like any other: the same metering (chunks, starts).
-        self.webrtc = WebRtcSessions(settings, self._metered_send, self._read_chunks)
+        # A WebRTC talker is a Send like any other (the same metering of chunks and starts),
+        # but one that cannot resume: live audio is never resent.
+        self.webrtc = WebRtcSessions(
+            settings,
+            lambda user, frames: self._metered_send(user, frames, resumable=False),
+            self._read_chunks,
+        )
         self.presence = PresenceTracker(
             settings.presence,
             self._mesh,
@@ -223,10 +228,10 @@ class NodeRouter(pb_grpc.RouterServiceServicer):
             yield response
 
     def _metered_send(
-        self, user: str, frames: AsyncIterator[pb.SendRequest]
+        self, user: str, frames: AsyncIterator[pb.SendRequest], resumable: bool = True
     ) -> AsyncIterator[pb.SendResponse]:
         """Every talk, over gRPC or WebRTC: its frames charged to the user, then relayed."""
-        return self.relay.send(user, self.limits.metered_send(user, frames))
+        return self.relay.send(user, self.limits.metered_send(user, frames), resumable)
 
     async def StartMessage(
         self, request: pb.StartMessageRequest, context: Context

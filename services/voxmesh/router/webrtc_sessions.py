@@ -7,8 +7,9 @@ The router is the talker's client for that ``Send``: it numbers the chunks, and 
 ``SendResponse`` frames (accepted, ack, completed, stopped) go to the data channel,
 serialized; a serialized ``SendRequest`` with ``end`` on the channel completes the message.
 A peer connection that fails, closes or sends nothing for ``body_store.abandon_after_s``
-ends the ``Send`` without ``end``, like a dropped stream: the message is abandoned with what
-was durable unless the talker starts it again.
+ends the ``Send`` without ``end``, like a dropped stream. Live audio is never resent, so a
+WebRTC talk cannot resume: the message is abandoned as soon as what it sent is stored
+(``resumable=False``), keeping every acknowledged chunk, with no ghost LIVE message left.
 
 A listener's peer connection gets the message's Opus packets as an outgoing track, read
 with ``ReadChunks`` from the body node (stored chunks paced in real time, then the live
