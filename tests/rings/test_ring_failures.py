@@ -758,7 +758,8 @@ async def test_killing_a_header_node_under_load_fails_no_call_and_loses_no_write
 async def _names_the_living(settings: Settings, user: str, exc: grpc.aio.AioRpcError) -> bool:
     """A redirect is a failure only if it names a router that does not answer: while rings
     converge (a member that just joined or left), a router may name another live one."""
-    named = next((str(v) for k, v in exc.trailing_metadata() or () if k == "voxmesh-routers"), "")
+    trailers: Any = exc.trailing_metadata() or ()  # grpc.aio.Metadata: (key, value)s
+    named = next((str(v) for k, v in trailers if k == "voxmesh-routers"), "")
     if not named:
         return False
     probe = Device(settings, user, "d", named.split(",")[0])
