@@ -52,7 +52,9 @@ def test_tiny_run_writes_results_report_and_plots(tmp_path: Path) -> None:
     for sweep in results["live"].values():  # CPU per frame is the measured phase's
         for step in sweep["steps"]:
             measured = step["server_cpu_measured_s"]
-            assert measured is not None and 0 < measured <= step["server_cpu_s"], step["system"]
+            # (a lean server may use less than a clock tick in tiny mode's short phase)
+            assert measured is not None and 0 <= measured <= step["server_cpu_s"], step["system"]
+    assert all(s["server_cpu_measured_s"] > 0 for s in results["live"]["voxmesh"]["steps"])
 
     # Live audio from browsers: WebRTC talkers, and gRPC-web talkers (MediaRecorder slices
     # through Envoy) at the same talker counts, mouth-to-ear and call-sent-to-ear.
