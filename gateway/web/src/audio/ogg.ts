@@ -3,6 +3,8 @@
  * with pages, and a packet may continue over pages. Media Source Extensions do not take Ogg,
  * so live Ogg/Opus from native clients is decoded packet by packet with WebCodecs.
  */
+import { joined } from "./typed_arrays";
+
 export interface OpusHead {
   channels: number;
   preSkip: number;
@@ -77,14 +79,5 @@ export function opusPacketDurationUs(packet: Uint8Array): number {
 }
 
 export function concat(parts: Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0]!;
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  return joined(parts, (n) => new Uint8Array(n));
 }

@@ -9,6 +9,7 @@
  * to TOLERANCE to where it best continues the previous one) and laid down every HOP samples
  * with a Hann window (which sums to one at 50% overlap).
  */
+import { joined } from "./typed_arrays";
 
 const FRAME = 1536; // 32 ms at 48 kHz: a few pitch periods of any voice
 const HOP = FRAME / 2;
@@ -44,7 +45,7 @@ export class TimeStretch {
 
   /** Feed decoded samples (one plane per channel, equal lengths); returns the finished output. */
   push(planes: Float32Array[]): Float32Array[] {
-    for (let ch = 0; ch < this.channels; ch++) this.input[ch] = concat(this.input[ch]!, planes[ch]!);
+    for (let ch = 0; ch < this.channels; ch++) this.input[ch] = joined([this.input[ch]!, planes[ch]!], (n) => new Float32Array(n));
     const out: Float32Array[][] = Array.from({ length: this.channels }, () => []);
     for (;;) {
       const start = this.nextFrame();
@@ -54,7 +55,7 @@ export class TimeStretch {
       this.ideal += this.rate * HOP;
       this.trim();
     }
-    return out.map(joinAll);
+    return out.map((parts) => joined(parts, (n) => new Float32Array(n)));
   }
 
   /** The rest of the output once the input has ended. */
@@ -114,24 +115,4 @@ function similarity(x: Float32Array, a: number, b: number): number {
   let sum = 0;
   for (let i = 0; i < FRAME; i += 2) sum += x[a + i]! * x[b + i]!;
   return sum;
-}
-
-function concat(a: Float32Array, b: Float32Array): Float32Array {
-  if (!a.length) return b.slice();
-  const out = new Float32Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-}
-
-function joinAll(parts: Float32Array[]): Float32Array {
-  let length = 0;
-  for (const p of parts) length += p.length;
-  const out = new Float32Array(length);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
