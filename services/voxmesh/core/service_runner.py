@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import gc
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -291,6 +292,10 @@ class ServiceRunner:
     async def serve_until_signalled(self) -> None:
         """Start, then drain on the first SIGTERM or SIGINT."""
         await self.start()
+        # Everything alive now (modules, descriptors, the servers) lives as long as the process:
+        # move it out of the collector's reach. A full collection of it took ~45 ms on an idle
+        # core (more under load), a stall every live stream on the process felt each time.
+        gc.freeze()
         loop = asyncio.get_running_loop()
         drain_task: list[asyncio.Task[None]] = []
 
