@@ -39,6 +39,7 @@ from voxmesh.body.v1 import body_service_pb2_grpc as body_grpc
 from voxmesh.core.domain_errors import Unavailable
 from voxmesh.core.mesh_tls import ReloadingTls, mesh_files, mesh_target_options
 from voxmesh.core.retry_policy import (
+    CallSafety,
     Decision,
     Failure,
     RetryBudget,
@@ -306,6 +307,54 @@ class MeshClients:
     def _next_suspect(self, addresses: list[str], tried: int) -> bool:
         return tried < len(addresses) and self.health.is_suspect(addresses[tried])
 
+    def _failed(
+        self,
+        kind: str,
+        method: str,
+        safety: CallSafety,
+        budget: RetryBudget,
+        addresses: list[str],
+        attempt: int,
+        exc: grpc.aio.AioRpcError,
+        started: bool = False,
+    ) -> None:
+        """Attempt ``attempt`` (on ``addresses[attempt - 1]``) failed: note what it says of
+        the member, then return to try the next member, or raise as the policy decides (a
+        stream that already yielded frames is never repeated)."""
+        address = addresses[attempt - 1]
+        failure = classify(exc.code())
+        if failure is Failure.MEMBER:
+            self.health.suspect(kind, address)
+            budget.failed()
+        if started:
+            raise exc
+        verdict = decide(
+            safety,
+            failure,
+            attempts=attempt,
+            max_attempts=self._settings.rings.max_attempts,
+            member_left=attempt < len(addresses),
+            next_suspect=self._next_suspect(addresses, attempt),
+            budget_allows=budget.allows_retry(),
+        )
+        if verdict.decision is Decision.RAISE:
+            raise exc
+        if verdict.decision is Decision.GIVE_UP:
+            assert verdict.reason is not None
+            GAVE_UP.labels(kind, verdict.reason.name).inc()
+            raise Unavailable(
+                f"the {kind} ring cannot serve {method} now: {verdict.reason.value} "
+                f"(tried {', '.join(addresses[:attempt])}); retry shortly"
+            ) from exc
+        RETRIES.labels(kind).inc()
+        _log.info(
+            "retrying on the next ring member",
+            kind=kind,
+            method=method,
+            failed=address,
+            status=exc.code().name,
+        )
+
     async def call(
         self,
         kind: str,
@@ -319,41 +368,11 @@ class MeshClients:
         safety = call_safety(kind, method)
         budget = self._budget(kind)
         addresses = self.candidates(kind, key)
-        max_attempts = self._settings.rings.max_attempts
         for attempt, address in enumerate(addresses, start=1):
             try:
                 reply = await getattr(self.stub(kind, address), method)(request, timeout=timeout)
             except grpc.aio.AioRpcError as exc:
-                failure = classify(exc.code())
-                if failure is Failure.MEMBER:
-                    self.health.suspect(kind, address)
-                    budget.failed()
-                verdict = decide(
-                    safety,
-                    failure,
-                    attempts=attempt,
-                    max_attempts=max_attempts,
-                    member_left=attempt < len(addresses),
-                    next_suspect=self._next_suspect(addresses, attempt),
-                    budget_allows=budget.allows_retry(),
-                )
-                if verdict.decision is Decision.RAISE:
-                    raise
-                if verdict.decision is Decision.GIVE_UP:
-                    assert verdict.reason is not None
-                    GAVE_UP.labels(kind, verdict.reason.name).inc()
-                    raise Unavailable(
-                        f"the {kind} ring cannot serve {method} now: {verdict.reason.value} "
-                        f"(tried {', '.join(addresses[:attempt])}); retry shortly"
-                    ) from exc
-                RETRIES.labels(kind).inc()
-                _log.info(
-                    "retrying on the next ring member",
-                    kind=kind,
-                    method=method,
-                    failed=address,
-                    status=exc.code().name,
-                )
+                self._failed(kind, method, safety, budget, addresses, attempt, exc)
                 continue
             budget.succeeded()
             return reply
@@ -374,31 +393,7 @@ class MeshClients:
                 budget.succeeded()
                 return
             except grpc.aio.AioRpcError as exc:
-                failure = classify(exc.code())
-                if failure is Failure.MEMBER:
-                    self.health.suspect(kind, address)
-                    budget.failed()
-                if started:
-                    raise
-                verdict = decide(
-                    safety,
-                    failure,
-                    attempts=attempt,
-                    max_attempts=self._settings.rings.max_attempts,
-                    member_left=attempt < len(addresses),
-                    next_suspect=self._next_suspect(addresses, attempt),
-                    budget_allows=budget.allows_retry(),
-                )
-                if verdict.decision is Decision.RAISE:
-                    raise
-                if verdict.decision is Decision.GIVE_UP:
-                    assert verdict.reason is not None
-                    GAVE_UP.labels(kind, verdict.reason.name).inc()
-                    raise Unavailable(
-                        f"the {kind} ring cannot serve {method} now: {verdict.reason.value} "
-                        f"(tried {', '.join(addresses[:attempt])}); retry shortly"
-                    ) from exc
-                RETRIES.labels(kind).inc()
+                self._failed(kind, method, safety, budget, addresses, attempt, exc, started)
 
     def over_ring(self, kind: str, key: str) -> Any:
         """A stub-like object whose unary methods run through ``call`` for ``key``."""
