@@ -34,12 +34,8 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture(scope="session")
 def local_stack(stack_settings: Settings) -> Iterator[LocalStack]:
     require_spanner_emulator()
-    stack = LocalStack(stack_settings)
-    stack.up()
-    try:
+    with LocalStack(stack_settings) as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 @pytest.fixture(scope="session")

@@ -22,12 +22,8 @@ def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSt
     run_dir = tmp_path_factory.mktemp("embedded")
     overrides = stack_overrides(str(run_dir))
     overrides["stores"] = {"backend": "embedded", "sqlite_path": "", "files_root": ""}
-    stack = LocalStack(load_settings(overrides=overrides))
-    stack.up()
-    try:
+    with LocalStack(load_settings(overrides=overrides)) as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 async def test_embedded_stack_stores_and_streams(embedded_stack: LocalStack) -> None:

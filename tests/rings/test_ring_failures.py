@@ -54,12 +54,8 @@ def ring_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]
     overrides["supervisor"] = {**overrides["supervisor"], "ready_timeout_s": 150.0}
     overrides["body"]["instances"] = 2
     overrides["body_store"] = {"abandon_after_s": 30.0}
-    stack = LocalStack(load_settings(overrides=overrides))
-    stack.up()
-    try:
+    with LocalStack(load_settings(overrides=overrides)) as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 @pytest.fixture

@@ -33,12 +33,8 @@ def two_routers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
     overrides["rings"] = {"lease_ttl_s": 2}
     overrides["router"]["instances"] = 2
     overrides["body_store"] = {"abandon_after_s": IDLE_S}
-    stack = LocalStack(load_settings(overrides=overrides))
-    stack.up()
-    try:
+    with LocalStack(load_settings(overrides=overrides)) as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 async def test_killing_a_webrtc_talkers_router_keeps_every_acknowledged_chunk(

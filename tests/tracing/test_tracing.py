@@ -104,12 +104,8 @@ def traced_stack(
         "otlp_endpoint": f"127.0.0.1:{otlp[1]}",
         "gcp_project": "voxmesh-trace-test",
     }
-    stack = LocalStack(load_settings(overrides=overrides))
-    stack.up()
-    try:
+    with LocalStack(load_settings(overrides=overrides)) as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 @pytest.fixture

@@ -55,12 +55,8 @@ def web_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     overrides["router"]["instances"] = 3
     overrides["rings"] = {"lease_ttl_s": 3}
     overrides["supervisor"] = {**overrides["supervisor"], "ready_timeout_s": 120.0}
-    stack = LocalStack(load_settings(overrides=overrides))
-    stack.up()
-    try:
+    with LocalStack(load_settings(overrides=overrides)) as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 @pytest.fixture(scope="module")

@@ -53,12 +53,8 @@ def rtc_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     require_spanner_emulator()
     overrides: dict[str, Any] = stack_overrides(str(tmp_path_factory.mktemp("webrtc-web")))
     overrides["router"]["instances"] = 2
-    stack = LocalStack(load_settings(overrides=overrides))
-    stack.up()
-    try:
+    with LocalStack(load_settings(overrides=overrides)) as stack:
         yield stack
-    finally:
-        stack.down()
 
 
 @pytest.fixture(scope="module")

@@ -182,6 +182,14 @@ class LocalStack:
 
     # -- up --------------------------------------------------------------------------------
 
+    def __enter__(self) -> LocalStack:
+        """``with LocalStack(settings) as stack:`` brings it up, and down again on leaving."""
+        self.up()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
     def up(self) -> list[ComponentStatus]:
         if self.supervisor_running():
             raise StackError(
