@@ -52,7 +52,7 @@ def _drain(results: Iterable[None]) -> None:
 
 
 def google_client(bucket: str, writes: int, data: bytes, concurrency: int) -> dict[str, Any]:
-    import google.cloud.storage as storage
+    import google.cloud.storage as storage  # type: ignore[import-untyped,unused-ignore]
     import requests.adapters
 
     client = storage.Client(project="bench")
