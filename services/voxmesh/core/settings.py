@@ -167,6 +167,7 @@ class BodyStoreSettings:
     send_stop_grace_s: Annotated[float, pydantic.Field(ge=0)]
     read_batch_max_chunks: Annotated[int, pydantic.Field(gt=0)]
     failover_wait_s: Annotated[float, pydantic.Field(gt=0)]
+    link_linger_ms: Annotated[float, pydantic.Field(ge=0, le=100)]
     part_interval_s: Annotated[float, pydantic.Field(gt=0)]
     part_max_bytes: Annotated[int, pydantic.Field(gt=0)]
 

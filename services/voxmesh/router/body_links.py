@@ -2,9 +2,11 @@
 shared by every message this router is recording, and one ``MessageWriter`` per message.
 
 A link coalesces whatever its messages have ready into one frame of (message, chunks)
-entries and hands the node's coalesced acks (message -> durable chunk count) and refusals
-back to the writers. A writer keeps its chunks until they are acked. When a link breaks (the
-body node died or restarted), the node is marked suspect and every writer on it resends its
+entries, lingering ``body_store.link_linger_ms`` after the first so a frame carries many
+messages' chunks (fewer gRPC messages on both ends, the most CPU a frame costs), and hands
+the node's coalesced acks (message -> durable chunk count) and refusals back to the writers.
+A writer keeps its chunks until they are acked. When a link breaks (the body node died or
+restarted), the node is marked suspect and every writer on it resends its
 unacknowledged chunks on the message's next body node (the preference list puts suspects
 last, so with a single body node that is the same node once it is back), backing off, for as
 long as ``body_store.failover_wait_s`` passes without progress; only then does the sender see
@@ -140,6 +142,10 @@ class BodyLink:
         try:
             while True:
                 await self._wake.wait()
+                linger_s = self._links.settings.body_store.link_linger_ms / 1000
+                if linger_s and not self._closing:
+                    # Gather what other messages have ready: one frame for many entries.
+                    await asyncio.sleep(linger_s)
                 self._wake.clear()
                 if self._closing:
                     await self._call.done_writing()
