@@ -347,7 +347,7 @@ class RedisRelayClient:
                     yield message["data"]
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
 
     async def speaker(self, thread: int, on_ack: OnAck) -> Speaker:
         return _RedisSpeaker(self._publisher, self._channel(thread))
