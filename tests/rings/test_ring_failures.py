@@ -752,20 +752,21 @@ async def test_killing_a_header_node_under_load_fails_no_call_and_loses_no_write
 
 
 async def _names_the_living(settings: Settings, user: str, exc: grpc.aio.AioRpcError) -> bool:
-    """A redirect is a failure only if it names a router that does not answer: while rings
-    converge (a member that just joined or left), a router may name another live one."""
+    """A redirect is a failure only if none of the routers it names answers: while rings
+    converge (a member that just joined or left), a router may name another live one, and a
+    client tries the named routers in order, as it does Discover's list."""
     trailers: Any = exc.trailing_metadata() or ()  # grpc.aio.Metadata: (key, value)s
     named = next((str(v) for k, v in trailers if k == "voxmesh-routers"), "")
-    if not named:
-        return False
-    probe = Device(settings, user, "d", named.split(",")[0])
-    try:
-        await probe.call("Discover", pb.DiscoverRequest(user_id=user))
-        return True
-    except grpc.aio.AioRpcError:
-        return False
-    finally:
-        await probe.close()
+    for address in filter(None, named.split(",")):
+        probe = Device(settings, user, "d", address)
+        try:
+            await probe.call("Discover", pb.DiscoverRequest(user_id=user))
+            return True
+        except grpc.aio.AioRpcError:
+            continue
+        finally:
+            await probe.close()
+    return False
 
 
 async def _keep_updates_open(
