@@ -63,28 +63,28 @@ async def _frames_for(linger_ms: float, messages: int, chunks_each: int) -> list
     link = BodyLink(BodyLinks(settings, mesh=None), "body:1", stub)  # type: ignore[arg-type]
     writers = [_Writer(f"m{i}") for i in range(messages)]
     for index in range(chunks_each):
-        for writer in writers:  # the speakers' frames arrive interleaved, 1 ms apart
+        for writer in writers:  # the speakers' frames arrive interleaved
             chunk = body_pb2.Chunk(index=index, offset=index * 160, payload=b"x" * 160)
             link.send(writer, [chunk], first=index == 0)  # type: ignore[arg-type]
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0)  # the link's sender may run between any two
     await asyncio.sleep(linger_ms / 1000 + 0.05)
     await link.close()
     return stub.call.frames
 
 
 async def test_lingering_gathers_many_messages_chunks_into_one_frame() -> None:
-    frames = await _frames_for(linger_ms=20.0, messages=10, chunks_each=2)
+    frames = await _frames_for(linger_ms=50.0, messages=10, chunks_each=2)
     entries = [entry for frame in frames for entry in frame.entries]
     assert len(entries) == 20  # nothing lost or merged away
     assert sorted((e.message_id, e.chunks[0].index) for e in entries) == sorted(
         (f"m{i}", n) for i in range(10) for n in range(2)
     )
-    # 20 entries over ~20 ms at a 20 ms linger: a few frames, far from one per entry.
-    assert len(frames) <= 4, [len(f.entries) for f in frames]
-    assert max(len(f.entries) for f in frames) >= 5
+    # All 20 arrive within the linger: one frame (two if this process stalled mid-way).
+    assert len(frames) <= 2, [len(f.entries) for f in frames]
+    assert max(len(f.entries) for f in frames) >= 10
 
 
 async def test_without_linger_each_ready_entry_goes_at_once() -> None:
     frames = await _frames_for(linger_ms=0.0, messages=10, chunks_each=2)
     assert sum(len(f.entries) for f in frames) == 20
-    assert len(frames) == 20  # entries 1 ms apart: each had its own frame
+    assert len(frames) == 20  # the sender ran between entries: each had its own frame
